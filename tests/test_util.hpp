@@ -1,0 +1,51 @@
+// Shared test helpers: locating ../shared, bitwise comparison, random data.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <random>
+#include <string>
+
+#include "mxmoe/tensor.hpp"
+
+namespace mxmoe::test {
+
+// Path of a file under ../shared, or "" (and the caller skips) when the folder is absent.
+inline std::string shared_path(const std::string& rel) {
+  const std::string p = std::string(MXMOE_SHARED_DIR) + "/" + rel;
+  return std::filesystem::exists(p) ? p : std::string();
+}
+
+#define MXMOE_SKIP_WITHOUT_SHARED(var, rel)                                                   \
+  const std::string var = ::mxmoe::test::shared_path(rel);                                     \
+  if (var.empty()) GTEST_SKIP() << "../shared/" << (rel) << " is absent: golden test skipped"
+
+// Counts elements whose bits differ, treating +0 == -0 and NaN == NaN. Prints the first few.
+inline int64_t count_bit_mismatches(const Tensor& got, const Tensor& want, const std::string& what, int show = 5) {
+  EXPECT_EQ(got.dtype, want.dtype) << what;
+  EXPECT_EQ(got.shape, want.shape) << what;
+  if (got.dtype != want.dtype || got.shape != want.shape) return -1;
+  int64_t bad = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const float a = load_as_f32(got.data.data(), got.dtype, i), b = load_as_f32(want.data.data(), want.dtype, i);
+    const bool same = (std::isnan(a) && std::isnan(b)) || a == b;  // a == b holds for +0 / -0
+    if (!same && bad++ < show) ADD_FAILURE() << what << " [" << i << "]: got " << a << " want " << b;
+  }
+  return bad;
+}
+
+// Heavy-tailed random rows: normal values with occasional large outliers, so blocks see a range.
+inline Tensor random_tensor(DType dt, std::vector<int64_t> shape, uint32_t seed, float scale = 1.0f) {
+  Tensor t(dt, std::move(shape));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.f, scale);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    float v = n(rng);
+    if (u(rng) < 0.02f) v *= 30.f;
+    store_from_f32(t.data.data(), dt, i, v);
+  }
+  return t;
+}
+
+}  // namespace mxmoe::test
