@@ -1,0 +1,79 @@
+// Numerics shared by every CPU experts implementation: weight decoding and activation quantization
+// for both emulation modes (REFERENCE.md section 5).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "moe/experts.hpp"
+#include "mxmoe/error.hpp"
+
+namespace mxmoe::moe::detail {
+float decode_weight_rows(const ExpertLinear& w, int64_t r0, int64_t r1, Emulation e, float* out) {
+  const int64_t K = w.in_features();
+  if (!w.packed) {
+    const int64_t es = dtype_size(w.dense.dtype);
+    to_f32(w.dense.data.data() + r0 * K * es, w.dense.dtype, (r1 - r0) * K, out);
+    return 1.0f;
+  }
+  const QuantizedTensor& q = *w.packed;
+  const auto& st = traits(q.params.scheme);
+  const int64_t rb = packed_row_bytes(q.params.scheme, K), nb = K / st.block;
+  const float* elem = decode_table(st.element);
+  const bool nv = st.tensor_scale;
+  std::vector<uint8_t> codes(static_cast<size_t>(K));
+  for (int64_t r = r0; r < r1; ++r) {
+    unpack_codes(q.codes.ptr<uint8_t>() + r * rb, K, element_bits(q.params.scheme), codes.data());
+    float* o = out + (r - r0) * K;
+    for (int64_t b = 0; b < nb; ++b) {
+      const float s = decode(st.scale, q.scales.ptr<uint8_t>()[r * nb + b]);
+      // VLLM: dequantize_to_dtype, q * (scale / gs) rounded to bf16. Exact: q * scale, exact in float32.
+      const float mult = (e == Emulation::VLLM && nv) ? s / q.params.global_scale : s;
+      for (int i = 0; i < st.block; ++i) {
+        const float v = elem[codes[size_t(b * st.block + i)]] * mult;
+        o[b * st.block + i] = e == Emulation::VLLM ? round_bf16(v) : v;
+      }
+    }
+  }
+  return (e == Emulation::Exact && nv) ? 1.0f / q.params.global_scale : 1.0f;
+}
+
+float amax(const float* v, int64_t n) {
+  float m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(v[i]));
+  return m;
+}
+
+float quantize_activation_rows(const MoeLayer& l, Emulation e, float gs, float fp8_scale, float* rows, int64_t n,
+                               int64_t K) {
+  const MoeScheme& s = *l.scheme;
+  if (s.act == ActQuant::None || n == 0) return 1.0f;
+  if (s.act == ActQuant::FP8Tensor) {
+    // Per-tensor E4M3: q = e4m3(x / scale) saturated; VLLM dequantizes (q * scale), Exact keeps q and
+    // moves the scale onto the accumulator.
+    for (int64_t i = 0; i < n * K; ++i) {
+      const float q = decode(Encoding::E4M3, encode(Encoding::E4M3, rows[i] / fp8_scale, Rounding::RNE));
+      rows[i] = e == Emulation::VLLM ? round_bf16(q * fp8_scale) : q;
+    }
+    return e == Emulation::VLLM ? 1.0f : fp8_scale;
+  }
+  QuantParams p{s.act_scheme, l.act_rule, l.act_rounding, gs};
+  if (e == Emulation::VLLM) {
+    ref::qdq_rows(rows, n, K, K, p, rows, K);
+    for (int64_t i = 0; i < n * K; ++i) rows[i] = round_bf16(rows[i]);
+    return 1.0f;
+  }
+  // Exact: keep element * block scale (exact in float32); the NVFP4 tensor scale goes on the accumulator.
+  const auto& st = traits(p.scheme);
+  std::vector<uint8_t> codes(size_t(packed_row_bytes(p.scheme, K))), scales(size_t(K / st.block));
+  const float* elem = decode_table(st.element);
+  std::vector<uint8_t> unpacked(static_cast<size_t>(K));
+  for (int64_t r = 0; r < n; ++r) {
+    float* x = rows + r * K;
+    ref::quantize_rows(x, 1, K, K, p, codes.data(), 0, scales.data(), 0);
+    unpack_codes(codes.data(), K, element_bits(p.scheme), unpacked.data());
+    for (int64_t c = 0; c < K; ++c) x[c] = elem[unpacked[size_t(c)]] * decode(st.scale, scales[size_t(c / st.block)]);
+  }
+  return st.tensor_scale ? 1.0f / gs : 1.0f;
+}
+
+}  // namespace mxmoe::moe::detail

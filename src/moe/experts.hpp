@@ -1,0 +1,55 @@
+// The experts stage: activation quantization and the two grouped GEMMs. The orchestration (which
+// tensors get quantized with which scale, bf16 rounding points) is shared in src/moe/experts.cpp;
+// implementations differ in the grouped GEMM and register what they support.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "mxmoe/moe/layer.hpp"
+#include "mxmoe/moe/permute.hpp"
+
+namespace mxmoe::moe {
+
+// y[n, N] = (a[n, K] . W^T) * (a_alpha * w_alpha) + bias, W one expert projection [N, K], float32
+// accumulation. w_alpha is the weight's remaining tensor scale (see decode_weight_rows).
+struct GemmTask {
+  const ExpertLinear* w;
+  const float* a;
+  int64_t n;
+  float a_alpha;
+  const float* bias;  // [N] or nullptr
+  float* y;
+};
+
+class ExpertsBackend {
+ public:
+  virtual ~ExpertsBackend() = default;
+  virtual std::string name() const = 0;
+  // Empty when supported, else why not (listed by `--backend auto` errors).
+  virtual std::string unsupported(const MoeLayer& layer, Emulation e) const = 0;
+  virtual void grouped_gemm(const std::vector<GemmTask>& tasks, Emulation e) const = 0;
+};
+
+const ExpertsBackend& ref_experts();
+const ExpertsBackend& cpu_experts();
+
+// Runs GEMM1 -> activation -> GEMM2 for every local expert. x: [P, H] permuted rows of the layer
+// input (vllm mode: already qdq'd with the shared GEMM1 scale). out: [P, H].
+void run_experts(const ExpertsBackend& be, const MoeLayer& l, Emulation e, const ExpertGroups& g,
+                 const std::vector<int>& local_to_global, const float* x, float* out,
+                 std::vector<std::string>& warnings);
+
+namespace detail {
+// Decodes rows [r0, r1) of a projection into float32 [r1 - r0, in]: exact element*block-scale products
+// (Exact) or vLLM's bf16 dequantization with the tensor scale folded in (VLLM). Returns the factor
+// still to apply to the accumulator (Exact NVFP4: 1/global_scale, else 1).
+float decode_weight_rows(const ExpertLinear& w, int64_t r0, int64_t r1, Emulation e, float* out);
+// Quantizes activation rows [n, K] in place for a GEMM input; returns the accumulator factor.
+// NVFP4 uses encode scale `gs`; FP8 the per-tensor `fp8_scale`; MX is dynamic per block.
+float quantize_activation_rows(const MoeLayer& l, Emulation e, float gs, float fp8_scale, float* rows, int64_t n,
+                               int64_t K);
+float amax(const float* v, int64_t n);
+inline float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+}  // namespace detail
+
+}  // namespace mxmoe::moe
