@@ -1,4 +1,5 @@
-// API layer of the block quantizers: shape/dtype checks, dtype conversion row by row, threading.
+// API layer of the block quantizers: shape/dtype checks and threading; the cpu:: kernels read and
+// write the tensors' own dtypes.
 #include <omp.h>
 
 #include <cmath>
@@ -37,16 +38,11 @@ QuantizedTensor quantize(const Tensor& x, const QuantParams& p, const std::strin
   q.codes = Tensor(DType::U8, cshape);
   q.scales = Tensor(st.scale_dtype, sshape);
   const int64_t step = chunk_rows(k);
-#pragma omp parallel
-  {
-    std::vector<float> buf(size_t(step * k));
-#pragma omp for schedule(static)
-    for (int64_t r0 = 0; r0 < rows; r0 += step) {
-      const int64_t n = std::min(step, rows - r0);
-      to_f32(x.data.data() + r0 * k * dtype_size(x.dtype), x.dtype, n * k, buf.data());
-      cpu::quantize_rows(buf.data(), n, k, k, p, q.codes.ptr<uint8_t>() + r0 * rb, rb,
-                         q.scales.ptr<uint8_t>() + r0 * nb, nb);
-    }
+#pragma omp parallel for schedule(static)
+  for (int64_t r0 = 0; r0 < rows; r0 += step) {
+    const int64_t n = std::min(step, rows - r0);
+    cpu::quantize_rows(x.data.data() + r0 * k * dtype_size(x.dtype), x.dtype, n, k, k, p,
+                       q.codes.ptr<uint8_t>() + r0 * rb, rb, q.scales.ptr<uint8_t>() + r0 * nb, nb);
   }
   return q;
 }
@@ -63,16 +59,11 @@ Tensor dequantize(const QuantizedTensor& q, DType out_dtype) {
               "dequantize: codes ({} bytes) / scales ({} bytes) do not match shape {} for {} (expected {} / {})",
               q.codes.nbytes(), q.scales.nbytes(), shape_str(q.shape), st.name, rows * rb, rows * nb);
   const int64_t step = chunk_rows(k);
-#pragma omp parallel
-  {
-    std::vector<float> buf(size_t(step * k));
-#pragma omp for schedule(static)
-    for (int64_t r0 = 0; r0 < rows; r0 += step) {
-      const int64_t n = std::min(step, rows - r0);
-      cpu::dequantize_rows(q.codes.ptr<uint8_t>() + r0 * rb, rb, q.scales.ptr<uint8_t>() + r0 * nb, nb, n, k,
-                           q.params, buf.data(), k);
-      from_f32(buf.data(), n * k, out_dtype, y.data.data() + r0 * k * dtype_size(out_dtype));
-    }
+#pragma omp parallel for schedule(static)
+  for (int64_t r0 = 0; r0 < rows; r0 += step) {
+    const int64_t n = std::min(step, rows - r0);
+    cpu::dequantize_rows(q.codes.ptr<uint8_t>() + r0 * rb, rb, q.scales.ptr<uint8_t>() + r0 * nb, nb, n, k,
+                         q.params, y.data.data() + r0 * k * dtype_size(out_dtype), out_dtype, k);
   }
   return y;
 }
@@ -82,16 +73,10 @@ Tensor qdq(const Tensor& x, const QuantParams& p, const std::string& what) {
   Tensor y(x.dtype, x.shape);
   const int64_t rows = x.rows(), k = x.cols(), es = dtype_size(x.dtype);
   const int64_t step = chunk_rows(k);
-#pragma omp parallel
-  {
-    std::vector<float> buf(size_t(step * k));
-#pragma omp for schedule(static)
-    for (int64_t r0 = 0; r0 < rows; r0 += step) {
-      const int64_t n = std::min(step, rows - r0);
-      to_f32(x.data.data() + r0 * k * es, x.dtype, n * k, buf.data());
-      cpu::qdq_rows(buf.data(), n, k, k, p, buf.data(), k);
-      from_f32(buf.data(), n * k, x.dtype, y.data.data() + r0 * k * es);
-    }
+#pragma omp parallel for schedule(static)
+  for (int64_t r0 = 0; r0 < rows; r0 += step) {
+    const int64_t n = std::min(step, rows - r0);
+    cpu::qdq_rows(x.data.data() + r0 * k * es, x.dtype, n, k, k, p, y.data.data() + r0 * k * es, x.dtype, k);
   }
   return y;
 }
