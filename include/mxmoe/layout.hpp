@@ -48,6 +48,8 @@ struct NamedTensor {
 // "model.layers.0.mlp.experts.3.up_proj"), in producer order. `input_scale_decode` > 0 adds the
 // static activation scale (decode direction, amax_x/(6*448)); <= 0 adds none. Throws for a scheme
 // the layout cannot hold (the message lists what works) and for an input scale in the Quark layout.
+// Stored reciprocals (ModelOpt weight_scale_2, CT input_global_scale) are chosen, where such a float
+// exists, so that import_linear's 1.0f / stored gives the exporter's value back bit for bit.
 std::vector<NamedTensor> export_linear(Layout layout, const std::string& prefix, const QuantizedTensor& w,
                                        float input_scale_decode = 0.0f);
 

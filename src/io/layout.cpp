@@ -37,6 +37,20 @@ Tensor scalar_f32(float v, std::vector<int64_t> shape) {
   return t;
 }
 
+// A float32 r with 1.0f / r == v when one is near 1/v (so that a reader computing 1.0f / r gets v
+// back bit for bit); otherwise 1.0f / v.
+float exact_reciprocal(float v) {
+  const float r = 1.0f / v;
+  float lo = r, hi = r;
+  for (int i = 0; i < 4; ++i) {
+    if (1.0f / lo == v) return lo;
+    if (1.0f / hi == v) return hi;
+    lo = std::nextafter(lo, 0.0f);
+    hi = std::nextafter(hi, INFINITY);
+  }
+  return r;
+}
+
 std::string info_str(const TensorInfo& t) { return fmt::format("{} {}", dtype_name(t.dtype), shape_str(t.shape)); }
 
 const TensorInfo& require(const TensorLookup& src, const std::string& name, Layout layout, const std::string& prefix) {
@@ -194,14 +208,14 @@ std::vector<NamedTensor> export_linear(Layout layout, const std::string& prefix,
     case Layout::ModelOpt:
       outv.push_back({prefix + ".weight", std::move(codes)});
       outv.push_back({prefix + ".weight_scale", std::move(scales)});
-      outv.push_back({prefix + ".weight_scale_2", scalar_f32(1.0f / w.params.global_scale, {})});
+      outv.push_back({prefix + ".weight_scale_2", scalar_f32(exact_reciprocal(w.params.global_scale), {})});
       if (has_input) outv.push_back({prefix + ".input_scale", scalar_f32(input_scale_decode, {})});
       break;
     case Layout::CompressedTensors:
       outv.push_back({prefix + ".weight_packed", std::move(codes)});
       outv.push_back({prefix + ".weight_scale", std::move(scales)});
       outv.push_back({prefix + ".weight_global_scale", scalar_f32(w.params.global_scale, {1})});
-      if (has_input) outv.push_back({prefix + ".input_global_scale", scalar_f32(1.0f / input_scale_decode, {1})});
+      if (has_input) outv.push_back({prefix + ".input_global_scale", scalar_f32(exact_reciprocal(input_scale_decode), {1})});
       break;
     case Layout::Quark:
       outv.push_back({prefix + ".weight", std::move(codes)});

@@ -71,7 +71,8 @@ TEST(Layout, ModelOptExportNamesDtypesAndScales) {
   EXPECT_EQ(v[1].tensor.shape, (std::vector<int64_t>{8, 4}));
   EXPECT_EQ(v[2].name, "m.up_proj.weight_scale_2");
   EXPECT_TRUE(v[2].tensor.shape.empty());
-  EXPECT_EQ(*v[2].tensor.ptr<float>(), 1.0f / gs);  // decode direction
+  EXPECT_FLOAT_EQ(*v[2].tensor.ptr<float>(), 1.0f / gs);  // decode direction
+  EXPECT_EQ(1.0f / *v[2].tensor.ptr<float>(), gs);        // chosen so that a reader gets gs back exactly
   EXPECT_EQ(v[3].name, "m.up_proj.input_scale");
   EXPECT_EQ(*v[3].tensor.ptr<float>(), 0.01f);
   // Without an input scale there is no input_scale tensor.
