@@ -1,0 +1,160 @@
+// MoE commands: moe (one layer of a checkpoint), bench-moe (synthetic shapes), demo (the README's main job).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <omp.h>
+
+#include "cli/common.hpp"
+#include "mxmoe/error.hpp"
+#include "mxmoe/layout.hpp"
+#include "mxmoe/moe/layer.hpp"
+#include "mxmoe/moe/loader.hpp"
+#include "mxmoe/safetensors.hpp"
+
+namespace mxmoe::cli {
+
+Tensor test_input(int64_t T, int64_t H, uint32_t seed);
+
+namespace {
+
+using namespace mxmoe::moe;
+using Clock = std::chrono::steady_clock;
+
+struct MoeArgs {
+  std::string model, in, out, emulation = "vllm", backend = "auto", scheme, rule = "even";
+  int layer = 0;
+};
+
+void run_moe_cmd(const MoeArgs& a) {
+  LoadOptions lo;
+  if (!a.scheme.empty()) lo.scheme = &parse_moe_scheme(a.scheme);
+  lo.rule = parse_scale_rule(a.rule);
+  fmt::print("model   {} ({})\n", a.model, describe_checkpoint(a.model));
+  const MoeLayer l = load_moe_layer(a.model, a.layer, lo);
+  auto in = SafetensorsFile::open(a.in);
+  MXMOE_CHECK(in.contains("hidden_states"), "{}: no tensor 'hidden_states' (expected [T, {}] BF16 or F32)", a.in, l.hidden);
+  MoeOptions o;
+  o.emulation = parse_emulation(a.emulation);
+  o.backend = parse_backend(a.backend);
+  const Tensor x = in.load("hidden_states");
+  const auto t0 = Clock::now();
+  const MoeResult r = run_moe(l, x, o);
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  for (const auto& w : r.warnings) fmt::print(stderr, "mxmoe: warning: {}\n", w);
+  write_safetensors(a.out, {{"hidden_states", r.out}, {"topk_ids", r.topk_ids}, {"topk_weights", r.topk_weights}});
+  fmt::print("layer   {} scheme {}, emulation {}, backend {}\n", a.layer, l.scheme->name, a.emulation, r.backend);
+  fmt::print("tokens  {} -> {} ({:.2f} ms)\n", x.shape[0], a.out, ms);
+}
+
+// Bytes one forward must read at least: the packed weights of every expert that received a token.
+double touched_bytes(const MoeLayer& l, const Tensor& ids) {
+  std::vector<bool> used(size_t(l.num_experts));
+  for (int64_t i = 0; i < ids.numel(); ++i) used[size_t(ids.ptr<int32_t>()[i])] = true;
+  double b = 0;
+  for (int e = 0; e < l.num_experts; ++e)
+    if (used[size_t(e)])
+      for (const ExpertLinear* w : {&l.w13[size_t(e)], &l.w2[size_t(e)]})
+        b += w->packed ? double(w->packed->codes.nbytes() + w->packed->scales.nbytes()) : double(w->dense.nbytes());
+  return b;
+}
+
+// Memory bandwidth of this machine: a 512 MiB copy with all threads, bytes read + written.
+double measure_bandwidth() {
+  const size_t n = size_t(512) << 20;
+  std::vector<char> a(n, 1), b(n, 2);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = Clock::now();
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < 64; ++c) std::memcpy(b.data() + c * (n / 64), a.data() + c * (n / 64), n / 64);
+    best = std::max(best, 2.0 * n / std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return best;
+}
+
+struct BenchArgs {
+  std::string shape = "qwen3-30b-a3b", scheme = "w_nvfp4_a_nvfp4", emulation = "exact", backend = "auto";
+  std::vector<int64_t> tokens{1, 8, 64, 512};
+  int iters = 10;
+};
+
+void bench_moe_cmd(const BenchArgs& a) {
+  const SyntheticShape s = synthetic_shape(a.shape);
+  const MoeScheme& sch = parse_moe_scheme(a.scheme);
+  fmt::print("building synthetic {} layer (H {}, I {}, {} experts, top-{}) in {} ...\n", s.name, s.hidden, s.inter,
+             s.num_experts, s.top_k, sch.name);
+  std::fflush(stdout);
+  const MoeLayer l = synthetic_layer(s, sch, 1);
+  const double bw = measure_bandwidth();
+  fmt::print("memory bandwidth (copy, read+write, {} threads): {:.1f} GB/s\n\n", omp_get_max_threads(), bw / 1e9);
+  MoeOptions o;
+  o.emulation = parse_emulation(a.emulation);
+  o.backend = parse_backend(a.backend);
+  Table t({"tokens", "us/layer", "touched MB", "GB/s", "GFLOP/s", "floor us", "x floor"}, {true, true, true, true, true, true, true});
+  for (int64_t T : a.tokens) {
+    MXMOE_CHECK(T > 0, "--tokens: counts must be positive, got {}", T);
+    std::vector<double> us;
+    MoeResult r;
+    for (int it = 0; it < a.iters + 1; ++it) {
+      Tensor x = test_input(T, s.hidden, uint32_t(it));
+      const auto t0 = Clock::now();
+      r = run_moe(l, x, o);
+      if (it > 0) us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    }
+    std::sort(us.begin(), us.end());
+    const double med = us[us.size() / 2], bytes = touched_bytes(l, r.topk_ids);
+    const double flops = 2.0 * double(T) * s.top_k * 3.0 * double(s.hidden) * double(s.inter);
+    const double floor_us = bytes / bw * 1e6;
+    t.add({fmt::format("{}", T), fmt::format("{:.0f}", med), fmt::format("{:.1f}", bytes / 1e6),
+           fmt::format("{:.2f}", bytes / med / 1e3), fmt::format("{:.1f}", flops / med / 1e3),
+           fmt::format("{:.0f}", floor_us), fmt::format("{:.2f}", med / floor_us)});
+  }
+  fmt::print("{} {} emulation {}, median of {} runs\n", s.name, sch.name, a.emulation, a.iters);
+  t.print();
+}
+
+}  // namespace
+
+Tensor test_input(int64_t T, int64_t H, uint32_t seed) {
+  Tensor x(DType::BF16, {T, H});
+  uint64_t st = 0x2545F4914F6CDD1Dull * (seed + 1);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+    float u = 0;
+    for (int j = 0; j < 4; ++j) u += float((st >> (16 * j)) & 0xffff) / 65536.0f;
+    x.ptr<uint16_t>()[i] = f32_to_bf16((u - 2.0f) * 1.7320508f);
+  }
+  return x;
+}
+
+void add_moe_commands(CLI::App& app) {
+  static MoeArgs m;
+  auto* moe = app.add_subcommand("moe", "Run one MoE layer of a checkpoint on hidden_states from a safetensors file");
+  moe->add_option("--model", m.model, "Hugging Face checkpoint directory (config.json + safetensors)")->required();
+  moe->add_option("--layer", m.layer, "Decoder layer index")->required();
+  moe->add_option("--emulation", m.emulation, "vllm (PR #35737 recipe) or exact (block-scaled tensor-core semantics)");
+  moe->add_option("--backend", m.backend, "auto, cpu, ref (scalar reference) or cuda");
+  moe->add_option("--scheme", m.scheme, "Quantize an unquantized (bf16) checkpoint on load into this MoE scheme");
+  moe->add_option("--scale-rule", m.rule, "MX scale rule for --scheme (default even, as vLLM/Quark)");
+  moe->add_option("IN", m.in, "safetensors with hidden_states [T, H] (BF16 or F32)")->required();
+  moe->add_option("OUT", m.out, "output safetensors: hidden_states F32, topk_ids, topk_weights")->required();
+  moe->callback([] { run_moe_cmd(m); });
+
+  static BenchArgs b;
+  auto* bm = app.add_subcommand("bench-moe", "Time one synthetic MoE layer against the memory-bandwidth floor");
+  bm->add_option("--shape", b.shape, "qwen3-30b-a3b, gpt-oss-20b, mixtral-8x7b, deepseek-v3, tiny");
+  bm->add_option("--scheme", b.scheme, "MoE scheme (w_nvfp4_a_nvfp4, w_mxfp4_a_mxfp4, bf16, ...)");
+  bm->add_option("--tokens", b.tokens, "Token counts")->delimiter(',');
+  bm->add_option("--emulation", b.emulation, "vllm or exact");
+  bm->add_option("--backend", b.backend, "auto, cpu, ref or cuda");
+  bm->add_option("--iters", b.iters, "Timed runs per token count (median reported)");
+  bm->callback([] { bench_moe_cmd(b); });
+}
+
+}  // namespace mxmoe::cli
