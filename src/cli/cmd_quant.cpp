@@ -102,7 +102,7 @@ void run_qdq(const QdqArgs& a) {
   if (!meta.count("format")) meta["format"] = "pt";
   write_safetensors(a.out, out, meta);
   if (table.rows()) table.print();
-  fmt::print("{} tensors quantize-dequantized, {} non-float tensors copied unchanged", quantized, copied);
+  fmt::print("{} tensors quantize-dequantized, {} tensors of other dtypes copied unchanged", quantized, copied);
   if (skipped) fmt::print(", {} incompatible tensors copied unchanged", skipped);
   fmt::print("; wrote {}\n", a.out);
 }

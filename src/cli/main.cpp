@@ -1,4 +1,5 @@
-// mxmoe command line: the subcommands live in one file per group (cmd_quant.cpp, cmd_info.cpp, cmd_moe.cpp);
+// mxmoe command line: the subcommands live in one file per group (cmd_quant.cpp, cmd_info.cpp, cmd_moe.cpp,
+// cmd_demo.cpp);
 // shared helpers in common.cpp. Errors go to stderr as "mxmoe: error: ..." with exit status 1
 // (2 for command-line usage errors); --help exits 0.
 #include <fmt/format.h>
