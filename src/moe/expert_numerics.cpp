@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "moe/cpu/simd_kernels.hpp"
 #include "moe/experts.hpp"
 #include "mxmoe/error.hpp"
 
@@ -19,19 +20,25 @@ float decode_weight_rows(const ExpertLinear& w, int64_t r0, int64_t r1, Emulatio
   const auto& st = traits(q.params.scheme);
   const int64_t rb = packed_row_bytes(q.params.scheme, K), nb = K / st.block;
   const float* elem = decode_table(st.element);
-  const bool nv = st.tensor_scale;
-  std::vector<uint8_t> codes(static_cast<size_t>(K));
+  const float* scale_tab = decode_table(st.scale);
+  const bool nv = st.tensor_scale, vllm = e == Emulation::VLLM;
+  // VLLM: dequantize_to_dtype, q * (scale / gs) rounded to bf16 (a no-op for MX: power-of-two
+  // scales). Exact: q * scale, exact in float32; the NVFP4 tensor scale goes on the accumulator.
+  std::vector<float> mult(static_cast<size_t>(nb));
+  std::vector<uint8_t> codes(static_cast<size_t>(element_bits(q.params.scheme) == 4 ? 0 : K));
   for (int64_t r = r0; r < r1; ++r) {
-    unpack_codes(q.codes.ptr<uint8_t>() + r * rb, K, element_bits(q.params.scheme), codes.data());
+    const uint8_t* srow = q.scales.ptr<uint8_t>() + r * nb;
+    for (int64_t b = 0; b < nb; ++b) mult[size_t(b)] = (vllm && nv) ? scale_tab[srow[b]] / q.params.global_scale : scale_tab[srow[b]];
     float* o = out + (r - r0) * K;
-    for (int64_t b = 0; b < nb; ++b) {
-      const float s = decode(st.scale, q.scales.ptr<uint8_t>()[r * nb + b]);
-      // VLLM: dequantize_to_dtype, q * (scale / gs) rounded to bf16. Exact: q * scale, exact in float32.
-      const float mult = (e == Emulation::VLLM && nv) ? s / q.params.global_scale : s;
-      for (int i = 0; i < st.block; ++i) {
-        const float v = elem[codes[size_t(b * st.block + i)]] * mult;
-        o[b * st.block + i] = e == Emulation::VLLM ? round_bf16(v) : v;
-      }
+    const uint8_t* prow = q.codes.ptr<uint8_t>() + r * rb;
+    if (element_bits(q.params.scheme) == 4) {
+      cpu::decode_fp4_row(prow, mult.data(), K, st.block, vllm && nv, elem, o);
+      continue;
+    }
+    unpack_codes(prow, K, element_bits(q.params.scheme), codes.data());
+    for (int64_t c = 0; c < K; ++c) {
+      const float v = elem[codes[size_t(c)]] * mult[size_t(c / st.block)];
+      o[c] = vllm && nv ? round_bf16(v) : v;
     }
   }
   return (e == Emulation::Exact && nv) ? 1.0f / q.params.global_scale : 1.0f;
