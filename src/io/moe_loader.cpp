@@ -83,6 +83,21 @@ ExpertLinear concat_rows(ExpertLinear a, const ExpertLinear& b, const std::strin
   return a;
 }
 
+// The MoE scheme of a Quark MX checkpoint: weights as detected, activations from input_tensors
+// (null: weight-only; fp8_e4m3: per-tensor FP8; otherwise the MX format named).
+std::string quark_moe_scheme(const json& cfg, Scheme w) {
+  const std::string ws(traits(w).name);
+  const json* in = nullptr;
+  if (cfg.contains("quantization_config") && cfg["quantization_config"].contains("global_quant_config"))
+    if (const auto& g = cfg["quantization_config"]["global_quant_config"]; g.contains("input_tensors"))
+      in = &g["input_tensors"];
+  if (!in || in->is_null()) return w == Scheme::MXFP4 ? "w_mxfp4" : "w_" + ws + "_a16";
+  const std::string dt = in->value("dtype", "");
+  if (dt == "fp8_e4m3") return "w_" + ws + "_a_fp8";
+  if (dt == "fp4") return "w_" + ws + "_a_mxfp4";
+  return "w_" + ws + "_a_mx" + dt;  // fp6_e3m2 -> mxfp6_e3m2
+}
+
 }  // namespace
 
 MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& opts) {
@@ -170,7 +185,7 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
     // declared activation format otherwise.
     std::string name;
     if (li->scheme == Scheme::NVFP4) name = l.w13[0].input_scale > 0 ? "w_nvfp4_a_nvfp4" : "w_nvfp4_a16";
-    else name = fmt::format("w_{}_a_{}", traits(li->scheme).name, traits(li->scheme).name);
+    else name = quark_moe_scheme(cfg, li->scheme);
     if (opts.scheme) {
       MXMOE_CHECK(opts.scheme->weight_quantized && opts.scheme->weight == li->scheme,
                   "--scheme {} does not match the checkpoint's {} weights (quantize-on-load needs a bf16 checkpoint)",
