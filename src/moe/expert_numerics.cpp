@@ -6,6 +6,7 @@
 
 #include "moe/cpu/simd_kernels.hpp"
 #include "moe/experts.hpp"
+#include "quant/cpu/quant_cpu.hpp"
 #include "mxmoe/error.hpp"
 
 namespace mxmoe::moe::detail {
@@ -65,21 +66,19 @@ float quantize_activation_rows(const MoeLayer& l, Emulation e, float gs, float f
   }
   QuantParams p{s.act_scheme, l.act_rule, l.act_rounding, gs};
   if (e == Emulation::VLLM) {
-    ref::qdq_rows(rows, n, K, K, p, rows, K);
+    mxmoe::cpu::qdq_rows(rows, DType::F32, n, K, K, p, rows, DType::F32, K);
     for (int64_t i = 0; i < n * K; ++i) rows[i] = round_bf16(rows[i]);
     return 1.0f;
   }
-  // Exact: keep element * block scale (exact in float32); the NVFP4 tensor scale goes on the accumulator.
+  // Exact: keep element * block scale (exact in float32): dequantize with a unit tensor scale; the
+  // NVFP4 tensor scale goes on the accumulator instead.
   const auto& st = traits(p.scheme);
-  std::vector<uint8_t> codes(size_t(packed_row_bytes(p.scheme, K))), scales(size_t(K / st.block));
-  const float* elem = decode_table(st.element);
-  std::vector<uint8_t> unpacked(static_cast<size_t>(K));
-  for (int64_t r = 0; r < n; ++r) {
-    float* x = rows + r * K;
-    ref::quantize_rows(x, 1, K, K, p, codes.data(), 0, scales.data(), 0);
-    unpack_codes(codes.data(), K, element_bits(p.scheme), unpacked.data());
-    for (int64_t c = 0; c < K; ++c) x[c] = elem[unpacked[size_t(c)]] * decode(st.scale, scales[size_t(c / st.block)]);
-  }
+  const int64_t rb = packed_row_bytes(p.scheme, K), nb = K / st.block;
+  std::vector<uint8_t> codes(static_cast<size_t>(n * rb)), scales(static_cast<size_t>(n * nb));
+  mxmoe::cpu::quantize_rows(rows, DType::F32, n, K, K, p, codes.data(), rb, scales.data(), nb);
+  QuantParams unit = p;
+  unit.global_scale = 1.0f;
+  mxmoe::cpu::dequantize_rows(codes.data(), rb, scales.data(), nb, n, K, unit, rows, DType::F32, K);
   return st.tensor_scale ? 1.0f / gs : 1.0f;
 }
 
