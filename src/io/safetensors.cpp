@@ -334,7 +334,7 @@ std::span<const uint8_t> SafetensorsFile::bytes(const std::string& name) const {
 
 Tensor SafetensorsFile::load(const std::string& name) const {
   const TensorInfo& t = info(name);
-  Tensor out(t.dtype, t.shape);
+  Tensor out = Tensor::uninitialized(t.dtype, t.shape);  // fully overwritten below
   auto b = bytes(t);
   MXMOE_CHECK(out.data.size() == b.size(), "safetensors file '{}': tensor '{}': internal size mismatch", path_,
               name);

@@ -35,8 +35,8 @@ QuantizedTensor quantize(const Tensor& x, const QuantParams& p, const std::strin
   QuantizedTensor q{p, x.shape, {}, {}};
   auto cshape = x.shape, sshape = x.shape;
   cshape.back() = rb, sshape.back() = nb;
-  q.codes = Tensor(DType::U8, cshape);
-  q.scales = Tensor(st.scale_dtype, sshape);
+  q.codes = Tensor::uninitialized(DType::U8, cshape);
+  q.scales = Tensor::uninitialized(st.scale_dtype, sshape);
   const int64_t step = chunk_rows(k);
 #pragma omp parallel for schedule(static)
   for (int64_t r0 = 0; r0 < rows; r0 += step) {
@@ -53,7 +53,7 @@ Tensor dequantize(const QuantizedTensor& q, DType out_dtype) {
   const auto& st = traits(q.params.scheme);
   MXMOE_CHECK(!q.shape.empty() && q.shape.back() % st.block == 0, "dequantize: shape {} is not a {} shape",
               shape_str(q.shape), st.name);
-  Tensor y(out_dtype, q.shape);
+  Tensor y = Tensor::uninitialized(out_dtype, q.shape);
   const int64_t rows = y.rows(), k = y.cols(), rb = packed_row_bytes(q.params.scheme, k), nb = k / st.block;
   MXMOE_CHECK(q.codes.nbytes() == rows * rb && q.scales.nbytes() == rows * nb,
               "dequantize: codes ({} bytes) / scales ({} bytes) do not match shape {} for {} (expected {} / {})",
@@ -70,7 +70,7 @@ Tensor dequantize(const QuantizedTensor& q, DType out_dtype) {
 
 Tensor qdq(const Tensor& x, const QuantParams& p, const std::string& what) {
   check_input(x, p, what);
-  Tensor y(x.dtype, x.shape);
+  Tensor y = Tensor::uninitialized(x.dtype, x.shape);
   const int64_t rows = x.rows(), k = x.cols(), es = dtype_size(x.dtype);
   const int64_t step = chunk_rows(k);
 #pragma omp parallel for schedule(static)

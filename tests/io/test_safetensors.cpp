@@ -100,7 +100,7 @@ TEST(SafetensorsTest, RoundTripEveryDtypeScalarAndEmpty) {
     for (auto [suffix, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
              {"mat", {3, 5}}, {"scalar", {}}, {"empty", {0, 4}}, {"cube", {2, 1, 3}}}) {
       Tensor t(tr.dtype, shape);
-      t.data = pattern(t.data.size(), seed++);
+      { auto v = pattern(t.data.size(), seed++); t.data.assign(v.begin(), v.end()); }
       tensors.emplace_back(n + "." + suffix, std::move(t));
     }
   }
@@ -123,7 +123,7 @@ TEST(SafetensorsTest, RoundTripEveryDtypeScalarAndEmpty) {
     EXPECT_EQ(info.numel(), t.numel());
     EXPECT_EQ(info.nbytes(), t.data.size());
     auto b = f.bytes(name);
-    EXPECT_EQ(std::vector<uint8_t>(b.begin(), b.end()), t.data);
+    EXPECT_EQ(Bytes(b.begin(), b.end()), t.data);
     const Tensor loaded = f.load(name);
     EXPECT_EQ(loaded.dtype, t.dtype);
     EXPECT_EQ(loaded.shape, t.shape);
@@ -266,7 +266,7 @@ TEST(SafetensorsTest, RejectsMalformedFiles) {
 TEST(SafetensorsTest, LookupErrorsAndMoves) {
   TempDir dir;
   Tensor t(DType::I32, {4});
-  t.data = pattern(16, 9);
+  { auto v = pattern(16, 9); t.data.assign(v.begin(), v.end()); }
   const std::string path = dir.file("one.safetensors");
   write_safetensors(path, {{"w", t}});
   SafetensorsFile f = SafetensorsFile::open(path);
@@ -285,7 +285,7 @@ TEST(SafetensorsTest, LookupErrorsAndMoves) {
   SafetensorsFile g = std::move(f);
   std::vector<SafetensorsFile> v;
   v.push_back(std::move(g));
-  EXPECT_EQ(std::vector<uint8_t>(span.begin(), span.end()), t.data);
+  EXPECT_EQ(Bytes(span.begin(), span.end()), t.data);
   EXPECT_EQ(v[0].bytes("w").data(), span.data());
   // Opening a missing file or a directory.
   EXPECT_THAT([&] { SafetensorsFile::open(dir.file("missing.safetensors")); },
@@ -348,7 +348,7 @@ std::vector<std::pair<std::string, Tensor>> sample_tensors(int n) {
   std::vector<std::pair<std::string, Tensor>> out;
   for (int i = 0; i < n; ++i) {
     Tensor t(i % 2 ? DType::BF16 : DType::F32, {int64_t(i + 1), 8});
-    t.data = pattern(t.data.size(), uint8_t(i));
+    { auto v = pattern(t.data.size(), uint8_t(i)); t.data.assign(v.begin(), v.end()); }
     out.emplace_back(fmt::format("layers.{}.weight", n - i), std::move(t));  // not in sorted order
   }
   return out;

@@ -2,6 +2,8 @@
 // (mxmoe::ref): codes, scales and qdq/dequantize outputs must agree bit for bit, for every scheme,
 // scale rule, rounding and input/output dtype, on data built to hit the corner cases.
 #include <gtest/gtest.h>
+
+#include <span>
 #include <omp.h>
 
 #include <cmath>
@@ -111,7 +113,7 @@ int64_t compare_rows(const void* got, const void* want, DType d, int64_t rows, i
   return bad;
 }
 
-int64_t compare_bytes(const std::vector<uint8_t>& got, const std::vector<uint8_t>& want, const std::string& what) {
+int64_t compare_bytes(std::span<const uint8_t> got, std::span<const uint8_t> want, const std::string& what) {
   int64_t bad = 0;
   for (size_t i = 0; i < got.size(); ++i)
     if (got[i] != want[i] && bad++ < 5)
