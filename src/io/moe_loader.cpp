@@ -44,8 +44,9 @@ ArchNames arch_names(const std::string& model_type, int layer) {
   if (model_type == "qwen3_moe" || model_type == "qwen2_moe")
     return {model_type, L + "mlp.", "gate.weight", "gate_proj", "up_proj", "down_proj"};
   if (model_type == "mixtral") return {model_type, L + "block_sparse_moe.", "gate.weight", "w1", "w3", "w2"};
+  if (model_type == "deepseek_v3") return {model_type, L + "mlp.", "gate.weight", "gate_proj", "up_proj", "down_proj"};
   if (model_type == "gpt_oss") return {model_type, L + "mlp.", "router.weight", "", "", ""};
-  MXMOE_THROW("unsupported architecture '{}' (supported: qwen3_moe, mixtral, gpt_oss)", model_type);
+  MXMOE_THROW("unsupported architecture '{}' (supported: qwen3_moe, mixtral, deepseek_v3, gpt_oss)", model_type);
 }
 
 Tensor require(const Checkpoint& ck, const std::string& name, std::vector<int64_t> shape) {
@@ -108,6 +109,14 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
   const ArchNames names = arch_names(model_type, layer);
   const int n_layers = cfg_get<int>(cfg, {"num_hidden_layers"}, "num_hidden_layers");
   MXMOE_CHECK(layer >= 0 && layer < n_layers, "layer {} out of range: the model has {} layers", layer, n_layers);
+  const bool dsv3 = model_type == "deepseek_v3";
+  if (dsv3) {
+    const int first_moe = cfg.value("first_k_dense_replace", 0);
+    MXMOE_CHECK(layer >= first_moe, "layer {} is a dense MLP (first_k_dense_replace = {}), not an MoE layer", layer,
+                first_moe);
+    const std::string scoring = cfg.value("scoring_func", "sigmoid");
+    MXMOE_CHECK(scoring == "sigmoid", "deepseek_v3 scoring_func '{}' is not supported (only sigmoid)", scoring);
+  }
   if (cfg.contains("mlp_only_layers"))
     for (int m : cfg["mlp_only_layers"].get<std::vector<int>>())
       MXMOE_CHECK(m != layer, "layer {} is a dense MLP (mlp_only_layers), not an MoE layer", layer);
@@ -117,11 +126,15 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
   l.inter = model_type == "mixtral" || model_type == "gpt_oss"
                 ? cfg_get<int64_t>(cfg, {"intermediate_size"}, "intermediate_size")
                 : cfg_get<int64_t>(cfg, {"moe_intermediate_size"}, "moe_intermediate_size");
-  l.num_experts = cfg_get<int>(cfg, {"num_experts", "num_local_experts"}, "the number of experts");
+  l.num_experts = cfg_get<int>(cfg, {"num_experts", "num_local_experts", "n_routed_experts"}, "the number of experts");
   const int k = cfg_get<int>(cfg, {"num_experts_per_tok", "experts_per_token"}, "num_experts_per_tok");
   const bool oss = model_type == "gpt_oss";
   l.router = {oss ? RouterKind::TopKThenSoftmax : RouterKind::SoftmaxTopK, l.num_experts, k,
               oss ? false : cfg.value("norm_topk_prob", model_type == "mixtral")};
+  if (dsv3) {
+    l.router = {RouterKind::SigmoidGroupedTopK, l.num_experts, k, cfg.value("norm_topk_prob", true),
+                cfg.value("n_group", 1), cfg.value("topk_group", 1), cfg.value("routed_scaling_factor", 1.0f)};
+  }
   l.activation = {oss ? Activation::SwiGLUOAI : parse_activation(cfg.value("hidden_act", "silu"))};
   if (oss) l.activation.limit = cfg.value("swiglu_limit", kSwiGLUOAIDefaultLimit);
 
@@ -158,8 +171,7 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
   const bool dense = ck.contains(probe + ".weight") && ck.info(probe + ".weight").dtype != DType::U8;
   std::optional<LayoutInfo> li;
   if (!dense) li = detect_checkpoint_layout(dir);
-  auto load_proj = [&](int64_t e, const std::string& proj, std::vector<int64_t> shape) {
-    const std::string prefix = fmt::format("{}experts.{}.{}", P, e, proj);
+  auto load_proj = [&](const std::string& prefix, std::vector<int64_t> shape) {
     ExpertLinear w;
     if (dense) {
       w.dense = require(ck, prefix + ".weight", shape);
@@ -172,10 +184,20 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
     }
     return w;
   };
-  for (int64_t e = 0; e < E; ++e) {
-    ExpertLinear g = load_proj(e, names.gate_proj, {I, H}), u = load_proj(e, names.up_proj, {I, H});
-    l.w13.push_back(concat_rows(std::move(g), u, fmt::format("expert {}", e)));
-    l.w2.push_back(load_proj(e, names.down_proj, {H, I}));
+  auto load_mlp = [&](const std::string& prefix, int64_t inter, std::vector<ExpertLinear>& w13,
+                      std::vector<ExpertLinear>& w2) {
+    ExpertLinear g = load_proj(prefix + names.gate_proj, {inter, H}), u = load_proj(prefix + names.up_proj, {inter, H});
+    w13.push_back(concat_rows(std::move(g), u, prefix));
+    w2.push_back(load_proj(prefix + names.down_proj, {H, inter}));
+  };
+  for (int64_t e = 0; e < E; ++e) load_mlp(fmt::format("{}experts.{}.", P, e), I, l.w13, l.w2);
+  if (dsv3) {
+    if (ck.contains(P + "gate.e_score_correction_bias"))
+      l.correction_bias = to_f32_tensor(require(ck, P + "gate.e_score_correction_bias", {E}));
+    if (const int ns = cfg.value("n_shared_experts", 0); ns > 0) {
+      l.shared_inter = I * ns;
+      load_mlp(P + "shared_experts.", l.shared_inter, l.shared_w13, l.shared_w2);
+    }
   }
   if (dense) {
     l.scheme = &parse_moe_scheme("bf16");

@@ -68,10 +68,12 @@ const ExpertsBackend& ref_experts() {
   return be;
 }
 
-void run_experts(const ExpertsBackend& be, const MoeLayer& l, Emulation e, const ExpertGroups& g,
+void run_experts(const ExpertsBackend& be, const MoeLayer& l, const ExpertSet& set, Emulation e, const ExpertGroups& g,
                  const std::vector<int>& local_to_global, const float* x, float* out,
                  std::vector<std::string>& warnings) {
-  const int64_t H = l.hidden, I = l.inter, P = g.num_rows();
+  const int64_t H = l.hidden, I = set.inter, P = g.num_rows();
+  const auto &w13 = *set.w13, &w2 = *set.w2;
+  const Tensor &b13 = *set.b13, &b2 = *set.b2;
   const MoeScheme& s = *l.scheme;
   const bool nv_act = s.act == ActQuant::Block && traits(s.act_scheme).tensor_scale;
   const bool vllm = e == Emulation::VLLM;
@@ -81,13 +83,13 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, Emulation e, const
   std::vector<float> a1(x, x + P * H), alpha1(size_t(g.num_local_experts), 1.0f);
   const float fp8_1 = s.act == ActQuant::FP8Tensor ? fp8_scale(a1.data(), P * H) : 1.0f;
   if (vllm) {
-    const float gs = nv_act ? shared_nvfp4_gs(l.w13, a1.data(), P * H, "w13", warnings) : 1.0f;
+    const float gs = nv_act ? shared_nvfp4_gs(w13, a1.data(), P * H, "w13", warnings) : 1.0f;
     detail::quantize_activation_rows(l, e, gs, fp8_1, a1.data(), P, H);
   } else {
     for (int le = 0; le < g.num_local_experts; ++le) {
       auto [o, n] = rows_of(le);
       float* r = a1.data() + o * H;
-      const float gs = nv_act ? expert_nvfp4_gs(l.w13[size_t(local_to_global[size_t(le)])], r, n) : 1.0f;
+      const float gs = nv_act ? expert_nvfp4_gs(w13[size_t(local_to_global[size_t(le)])], r, n) : 1.0f;
       alpha1[size_t(le)] = detail::quantize_activation_rows(l, e, gs, fp8_1, r, n, H);
     }
   }
@@ -98,8 +100,8 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, Emulation e, const
     auto [o, n] = rows_of(le);
     const int ge = local_to_global[size_t(le)];
     if (n == 0) continue;
-    const float* bias = l.b13.data.empty() ? nullptr : l.b13.ptr<float>() + ge * 2 * I;
-    tasks.push_back({&l.w13[size_t(ge)], a1.data() + o * H, n, alpha1[size_t(le)], bias, h1.data() + o * 2 * I});
+    const float* bias = b13.data.empty() ? nullptr : b13.ptr<float>() + ge * 2 * I;
+    tasks.push_back({&w13[size_t(ge)], a1.data() + o * H, n, alpha1[size_t(le)], bias, h1.data() + o * 2 * I});
   }
   be.grouped_gemm(tasks, e);
   if (vllm) round_all_bf16(h1);
@@ -109,13 +111,13 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, Emulation e, const
   if (vllm) round_all_bf16(a2);
   const float fp8_2 = s.act == ActQuant::FP8Tensor ? fp8_scale(a2.data(), P * I) : 1.0f;
   if (vllm) {
-    const float gs = nv_act ? shared_nvfp4_gs(l.w2, a2.data(), P * I, "w2", warnings) : 1.0f;
+    const float gs = nv_act ? shared_nvfp4_gs(w2, a2.data(), P * I, "w2", warnings) : 1.0f;
     detail::quantize_activation_rows(l, e, gs, fp8_2, a2.data(), P, I);
   } else {
     for (int le = 0; le < g.num_local_experts; ++le) {
       auto [o, n] = rows_of(le);
       float* r = a2.data() + o * I;
-      const float gs = nv_act ? expert_nvfp4_gs(l.w2[size_t(local_to_global[size_t(le)])], r, n) : 1.0f;
+      const float gs = nv_act ? expert_nvfp4_gs(w2[size_t(local_to_global[size_t(le)])], r, n) : 1.0f;
       alpha2[size_t(le)] = detail::quantize_activation_rows(l, e, gs, fp8_2, r, n, I);
     }
   }
@@ -125,8 +127,8 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, Emulation e, const
     auto [o, n] = rows_of(le);
     const int ge = local_to_global[size_t(le)];
     if (n == 0) continue;
-    const float* bias = l.b2.data.empty() ? nullptr : l.b2.ptr<float>() + ge * H;
-    tasks.push_back({&l.w2[size_t(ge)], a2.data() + o * I, n, alpha2[size_t(le)], bias, out + o * H});
+    const float* bias = b2.data.empty() ? nullptr : b2.ptr<float>() + ge * H;
+    tasks.push_back({&w2[size_t(ge)], a2.data() + o * I, n, alpha2[size_t(le)], bias, out + o * H});
   }
   be.grouped_gemm(tasks, e);
   if (vllm)

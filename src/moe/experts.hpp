@@ -33,9 +33,24 @@ class ExpertsBackend {
 const ExpertsBackend& ref_experts();
 const ExpertsBackend& cpu_experts();
 
-// Runs GEMM1 -> activation -> GEMM2 for every local expert. x: [P, H] permuted rows of the layer
-// input (vllm mode: already qdq'd with the shared GEMM1 scale). out: [P, H].
-void run_experts(const ExpertsBackend& be, const MoeLayer& l, Emulation e, const ExpertGroups& g,
+// The experts one run_experts call computes: the routed experts of a layer, or its shared experts.
+struct ExpertSet {
+  const std::vector<ExpertLinear>* w13;
+  const std::vector<ExpertLinear>* w2;
+  const Tensor* b13;  // F32 [n, 2I] or empty
+  const Tensor* b2;   // F32 [n, H] or empty
+  int64_t inter;
+};
+inline ExpertSet routed_experts(const MoeLayer& l) { return {&l.w13, &l.w2, &l.b13, &l.b2, l.inter}; }
+inline ExpertSet shared_experts(const MoeLayer& l) {
+  static const Tensor none;
+  return {&l.shared_w13, &l.shared_w2, &none, &none, l.shared_inter};
+}
+
+// Runs GEMM1 -> activation -> GEMM2 for every local expert of `set` (scheme, activation and hidden
+// size from `l`). x: [P, H] permuted rows of the layer input (vllm mode: the GEMM1 qdq happens here,
+// with the scale shared by all experts of the set). out: [P, H].
+void run_experts(const ExpertsBackend& be, const MoeLayer& l, const ExpertSet& set, Emulation e, const ExpertGroups& g,
                  const std::vector<int>& local_to_global, const float* x, float* out,
                  std::vector<std::string>& warnings);
 

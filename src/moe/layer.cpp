@@ -47,6 +47,18 @@ void MoeLayer::validate() const {
   if (!b2.data.empty())
     MXMOE_CHECK(b2.shape == (std::vector<int64_t>{num_experts, hidden}) && b2.dtype == DType::F32,
                 "w2 bias has shape {}, expected F32 [{}, {}]", shape_str(b2.shape), num_experts, hidden);
+  MXMOE_CHECK(shared_w13.size() == shared_w2.size() && shared_w13.size() <= 1,
+              "shared experts: {} w13 and {} w2 projections (expected none or one of each)", shared_w13.size(),
+              shared_w2.size());
+  if (!shared_w13.empty()) {
+    const ExpertLinear &a = shared_w13[0], &b = shared_w2[0];
+    MXMOE_CHECK(a.out_features() == 2 * shared_inter && a.in_features() == hidden && b.out_features() == hidden &&
+                    b.in_features() == shared_inter && bool(a.packed) == scheme->weight_quantized &&
+                    bool(b.packed) == scheme->weight_quantized,
+                "shared experts: shapes [{}, {}] / [{}, {}] or storage do not match H {}, shared I {}, scheme {}",
+                a.out_features(), a.in_features(), b.out_features(), b.in_features(), hidden, shared_inter,
+                scheme->name);
+  }
   MXMOE_CHECK(router.num_experts == num_experts, "router is configured for {} experts, the layer has {}",
               router.num_experts, num_experts);
   moe::validate(router);
@@ -114,16 +126,30 @@ MoeResult run_moe(const MoeLayer& l, const Tensor& hs, const MoeOptions& o) {
     const int le = o.expert_map.empty() ? e : o.expert_map[size_t(e)];
     if (le >= 0) local_to_global[size_t(le)] = e;
   }
+  // Shared experts see every token, unweighted (before any router weight is applied to the input).
+  std::vector<float> shared;
+  if (!l.shared_w13.empty()) {
+    const std::vector<int32_t> all_to_0(size_t(T), 0);
+    const ExpertGroups sg = group_by_expert(all_to_0.data(), T, 1, 1, nullptr);
+    shared.resize(size_t(T * H));
+    run_experts(be, l, shared_experts(l), o.emulation, sg, {0}, x.data(), shared.data(), r.warnings);
+  }
   if (o.apply_router_weight_on_input) apply_router_weight_on_input(x.data(), H, T, H, r.topk_weights.ptr<float>(), k);
 
   std::vector<float> xp(size_t(g.num_rows() * H)), yp(size_t(g.num_rows() * H));
   gather_rows(x.data(), H, H, g, xp.data());
-  run_experts(be, l, o.emulation, g, local_to_global, xp.data(), yp.data(), r.warnings);
+  run_experts(be, l, routed_experts(l), o.emulation, g, local_to_global, xp.data(), yp.data(), r.warnings);
 
   r.out = Tensor(DType::F32, {T, H});
-  finalize(g, yp.data(), H, r.topk_weights.ptr<float>(), T, k, o.apply_router_weight_on_input, r.out.ptr<float>());
-  if (o.emulation == Emulation::VLLM)  // the layer returns the activation dtype
-    for (int64_t i = 0; i < T * H; ++i) r.out.ptr<float>()[i] = detail::round_bf16(r.out.ptr<float>()[i]);
+  float* out = r.out.ptr<float>();
+  finalize(g, yp.data(), H, r.topk_weights.ptr<float>(), T, k, o.apply_router_weight_on_input, out);
+  // vllm: the layer returns the activation dtype, and adds the (bf16) shared output to the bf16 routed one.
+  const bool vllm = o.emulation == Emulation::VLLM;
+  for (int64_t i = 0; i < T * H; ++i) {
+    float v = vllm ? detail::round_bf16(out[i]) : out[i];
+    if (!shared.empty()) v += shared[size_t(i)];
+    out[i] = vllm ? detail::round_bf16(v) : v;
+  }
   return r;
 }
 
@@ -142,6 +168,8 @@ MoeLayer quantize_layer(const MoeLayer& dense, const MoeScheme& scheme, ScaleRul
   };
   conv(q.w13, "w13");
   conv(q.w2, "w2");
+  conv(q.shared_w13, "shared w13");
+  conv(q.shared_w2, "shared w2");
   return q;
 }
 

@@ -57,9 +57,19 @@ MoeLayer synthetic_layer(const SyntheticShape& s, const MoeScheme& scheme, uint3
   l.activation = {oss ? Activation::SwiGLUOAI : Activation::SiLU};
   Rng rng{0x9e3779b97f4a7c15ull ^ (uint64_t(seed) << 1 | 1)};
   l.gate = random_bf16({s.num_experts, s.hidden}, 1.0f / std::sqrt(float(s.hidden)), rng);
+  const bool dsv3 = s.name.rfind("deepseek", 0) == 0;
+  if (dsv3) {  // DeepSeek-V3 routing (8 groups, 4 kept, scaling 2.5), a correction bias and one shared expert
+    const int groups = s.num_experts % 8 == 0 ? 8 : 1;
+    l.router = {RouterKind::SigmoidGroupedTopK, s.num_experts, s.top_k, true, groups, groups == 8 ? 4 : 1, 2.5f};
+    l.correction_bias = Tensor(DType::F32, {s.num_experts});
+    for (int e = 0; e < s.num_experts; ++e) l.correction_bias.ptr<float>()[e] = 0.05f * rng.normal();
+    l.shared_inter = s.inter;
+  }
   // Weights are quantized expert by expert so a large layer never exists densely in memory.
-  for (int e = 0; e < s.num_experts; ++e) {
-    for (auto [vec, o, i] : {std::tuple{&l.w13, 2 * s.inter, s.hidden}, std::tuple{&l.w2, s.hidden, s.inter}}) {
+  for (int e = 0; e < s.num_experts + (dsv3 ? 1 : 0); ++e) {
+    const bool shared = e == s.num_experts;
+    for (auto [vec, o, i] : {std::tuple{shared ? &l.shared_w13 : &l.w13, 2 * s.inter, s.hidden},
+                             std::tuple{shared ? &l.shared_w2 : &l.w2, s.hidden, s.inter}}) {
       ExpertLinear w;
       w.dense = random_bf16({o, i}, 1.0f / std::sqrt(float(i)), rng);
       if (scheme.weight_quantized) {

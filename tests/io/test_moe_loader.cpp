@@ -133,3 +133,64 @@ TEST(MoeLoader, UnsupportedArchitectureIsNamed) {
     EXPECT_NE(std::string(e.what()).find("qwen3_moe"), std::string::npos) << e.what();
   }
 }
+
+TEST(MoeLoader, DeepSeekV3GroupedRoutingAndSharedExperts) {
+  const SyntheticShape s{"deepseek-test", 64, 32, 16, 4};
+  const MoeLayer mem = synthetic_layer(s, parse_moe_scheme("bf16"), 12);
+  ASSERT_EQ(mem.shared_w13.size(), 1u);
+  const int64_t H = s.hidden, I = s.inter;
+  TempDir d;
+  const std::string P = "model.layers.3.mlp.";
+  std::vector<std::pair<std::string, Tensor>> ts{{P + "gate.weight", mem.gate},
+                                                 {P + "gate.e_score_correction_bias", mem.correction_bias}};
+  auto add_mlp = [&](const std::string& prefix, const ExpertLinear& w13, const ExpertLinear& w2) {
+    ts.emplace_back(prefix + "gate_proj.weight", rows(w13.dense, 0, I));
+    ts.emplace_back(prefix + "up_proj.weight", rows(w13.dense, I, I));
+    ts.emplace_back(prefix + "down_proj.weight", w2.dense);
+  };
+  for (int e = 0; e < s.num_experts; ++e)
+    add_mlp(P + "experts." + std::to_string(e) + ".", mem.w13[size_t(e)], mem.w2[size_t(e)]);
+  add_mlp(P + "shared_experts.", mem.shared_w13[0], mem.shared_w2[0]);
+  write_safetensors((d.p / "model.safetensors").string(), ts);
+  write_config(d.p, {{"model_type", "deepseek_v3"}, {"hidden_size", H}, {"moe_intermediate_size", I},
+                     {"n_routed_experts", s.num_experts}, {"num_experts_per_tok", s.top_k}, {"n_group", 8},
+                     {"topk_group", 4}, {"routed_scaling_factor", 2.5}, {"norm_topk_prob", true},
+                     {"n_shared_experts", 1}, {"first_k_dense_replace", 3}, {"num_hidden_layers", 4},
+                     {"scoring_func", "sigmoid"}, {"hidden_act", "silu"}});
+  const MoeLayer loaded = load_moe_layer(d.p.string(), 3);
+  EXPECT_EQ(loaded.router.kind, RouterKind::SigmoidGroupedTopK);
+  EXPECT_EQ(loaded.router.n_group, 8);
+  EXPECT_EQ(loaded.shared_inter, I);
+  expect_same_outputs(mem, loaded, H);
+  try {
+    load_moe_layer(d.p.string(), 1);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("first_k_dense_replace"), std::string::npos) << e.what();
+  }
+
+  // The shared expert adds exactly its dense gated MLP (exact mode, bf16 weights: float32 math).
+  MoeLayer routed_only = mem;
+  routed_only.shared_w13.clear(), routed_only.shared_w2.clear();
+  const Tensor x = test::random_tensor(DType::BF16, {5, H}, 4);
+  MoeOptions o;
+  o.emulation = Emulation::Exact;
+  const MoeResult with = run_moe(mem, x, o), without = run_moe(routed_only, x, o);
+  double num = 0, den = 0;
+  for (int64_t t = 0; t < 5; ++t)
+    for (int64_t c = 0; c < H; ++c) {
+      double y = 0;
+      for (int64_t i = 0; i < I; ++i) {
+        double g = 0, u = 0;
+        for (int64_t h = 0; h < H; ++h) {
+          const double xv = load_as_f32(x.data.data(), x.dtype, t * H + h);
+          g += xv * load_as_f32(mem.shared_w13[0].dense.data.data(), DType::BF16, i * H + h);
+          u += xv * load_as_f32(mem.shared_w13[0].dense.data.data(), DType::BF16, (I + i) * H + h);
+        }
+        y += g / (1 + std::exp(-g)) * u * load_as_f32(mem.shared_w2[0].dense.data.data(), DType::BF16, c * I + i);
+      }
+      const double diff = double(with.out.ptr<float>()[t * H + c]) - without.out.ptr<float>()[t * H + c];
+      num += (diff - y) * (diff - y), den += y * y;
+    }
+  EXPECT_LT(std::sqrt(num / den), 1e-5);
+}

@@ -35,8 +35,11 @@ struct MoeLayer {
   std::vector<ExpertLinear> w13;  // per expert [2I, H]: concat(gate, up), or interleaved (swigluoai)
   std::vector<ExpertLinear> w2;   // per expert [H, I]
   Tensor b13, b2;                 // F32 [E, 2I] / [E, H] or empty
-  // Shared experts (DeepSeek-V3), a dense gated MLP whose output is added; absent when w13 is empty.
-  ExpertLinear shared_w13, shared_w2;
+  // Shared experts (DeepSeek-V3): one gated MLP every token goes through, its output added to the
+  // routed experts' (the n_shared_experts are concatenated along the intermediate dimension).
+  // Empty vectors when absent; otherwise one [2*shared_inter, H] and one [H, shared_inter] projection.
+  std::vector<ExpertLinear> shared_w13, shared_w2;
+  int64_t shared_inter = 0;
 
   // Throws mxmoe::Error naming the first inconsistent tensor (shapes, counts, scheme vs storage).
   void validate() const;
