@@ -1,6 +1,8 @@
 // Commands that rewrite tensor files: qdq, quantize (to a checkpoint layout), dequantize.
 #include <fmt/format.h>
 
+#include <regex>
+
 #include <memory>
 #include <set>
 
@@ -111,8 +113,13 @@ void run_qdq(const QdqArgs& a) {
 struct QuantizeArgs {
   QuantOptions q;
   std::string layout, in, out;
-  bool skip_incompatible = false;
+  bool skip_incompatible = false, include_all = false;
+  std::vector<std::string> exclude;
 };
+
+// What ModelOpt / Quark leave unquantized: embeddings, the LM head and MoE routers.
+const std::vector<std::string> kDefaultExcludes = {R"(lm_head\.)", R"(embed_tokens\.)", R"(\.mlp\.gate\.weight$)",
+                                                   R"(\.router\.)", R"(shared_expert_gate\.)"};
 
 bool is_linear_weight(const TensorInfo& t) {
   return t.name.size() > 7 && t.name.ends_with(".weight") && t.shape.size() == 2 && is_qdq_dtype(t.dtype);
@@ -139,11 +146,31 @@ void run_quantize(const QuantizeArgs& a) {
     fmt::print("note: 8-bit MX in the quark layout is a project extension (vLLM's Quark MX path reads fp4/fp6)\n");
   Table table({"tensor", "shape", "stored as", "SQNR dB"}, {false, false, false, true});
   std::vector<NamedTensor> out;
+  std::vector<std::regex> excludes;
+  for (const auto& e : a.include_all ? a.exclude : [&] {
+         auto v = kDefaultExcludes;
+         v.insert(v.end(), a.exclude.begin(), a.exclude.end());
+         return v;
+       }()) {
+    try {
+      excludes.emplace_back(e);
+    } catch (const std::regex_error& err) {
+      MXMOE_THROW("--exclude '{}': not a valid regular expression ({})", e, err.what());
+    }
+  }
+  auto excluded = [&](const std::string& name) {
+    for (const auto& r : excludes)
+      if (std::regex_search(name, r)) return true;
+    return false;
+  };
   Progress progress(data_bytes(f), f.size());
-  int quantized = 0, copied = 0, skipped = 0;
+  int quantized = 0, copied = 0, skipped = 0, kept = 0;
   for (const auto& t : f.tensors()) {
     Tensor x = f.load(t.name);
-    if (is_linear_weight(t) && fits_blocks(t, scheme)) {
+    if (is_linear_weight(t) && excluded(t.name)) {
+      ++kept;
+      out.push_back({t.name, std::move(x)});
+    } else if (is_linear_weight(t) && fits_blocks(t, scheme)) {
       QuantParams p = base;
       if (traits(scheme).tensor_scale) p.global_scale = nvfp4_default_global_scale(tensor_amax(x));
       const QuantizedTensor q = quantize(x, p, fmt::format("tensor '{}'", t.name));
@@ -176,6 +203,7 @@ void run_quantize(const QuantizeArgs& a) {
   if (table.rows()) table.print();
   fmt::print("{} linear weights quantized, {} other tensors copied unchanged", quantized, copied);
   if (skipped) fmt::print(", {} incompatible weights copied unchanged", skipped);
+  if (kept) fmt::print(", {} excluded weights (router, embeddings, lm_head, --exclude) kept unquantized", kept);
   fmt::print("; wrote {}\n", a.out);
 }
 
@@ -262,6 +290,10 @@ void add_quant_commands(CLI::App& app) {
     CLI::App* sub = app.add_subcommand(
         "quantize", "Quantize every 2-D float '*.weight' tensor into a checkpoint layout (others copied unchanged)");
     a->q.add_to(sub, false);
+    sub->add_option("--exclude", a->exclude,
+                    "Regex of weight names to keep unquantized (repeatable; added to the defaults: lm_head, "
+                    "embed_tokens, MoE routers)");
+    sub->add_flag("--include-all", a->include_all, "Drop the default exclusions (quantize routers, embeddings, lm_head)");
     sub->add_option("--layout", a->layout,
                     "modelopt | compressed-tensors | quark (default: modelopt for nvfp4, quark for MX; the MX scale "
                     "rule defaults to Quark's 'even')");

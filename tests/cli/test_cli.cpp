@@ -348,5 +348,33 @@ TEST_F(CliTest, CompareSyntheticAndFile) {
   EXPECT_CONTAINS(r.err, "no tensor 'nope'");
 }
 
+TEST_F(CliTest, QuantizeKeepsRoutersEmbeddingsAndLmHeadUnlessAsked) {
+  write_safetensors(path("m.safetensors"),
+                    std::vector<std::pair<std::string, Tensor>>{
+                        {"model.embed_tokens.weight", test::random_tensor(DType::BF16, {8, 32}, 1)},
+                        {"model.layers.0.mlp.gate.weight", test::random_tensor(DType::BF16, {4, 32}, 2)},
+                        {"model.layers.0.mlp.experts.0.up_proj.weight", test::random_tensor(DType::BF16, {16, 32}, 3)},
+                        {"lm_head.weight", test::random_tensor(DType::BF16, {8, 32}, 4)}});
+  RunResult r = run(fmt::format("quantize --scheme mxfp4 '{}' '{}'", path("m.safetensors"), path("q.safetensors")));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_CONTAINS(r.out, "1 linear weights quantized");
+  EXPECT_CONTAINS(r.out, "3 excluded weights");
+  {
+    const auto q = SafetensorsFile::open(path("q.safetensors"));
+    EXPECT_EQ(q.info("model.layers.0.mlp.gate.weight").dtype, DType::BF16);
+    EXPECT_EQ(q.info("lm_head.weight").dtype, DType::BF16);
+    EXPECT_EQ(q.info("model.layers.0.mlp.experts.0.up_proj.weight").dtype, DType::U8);
+  }
+  r = run(fmt::format("quantize --scheme mxfp4 --include-all --exclude 'experts' '{}' '{}'", path("m.safetensors"),
+                      path("q2.safetensors")));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto q2 = SafetensorsFile::open(path("q2.safetensors"));
+  EXPECT_EQ(q2.info("model.layers.0.mlp.gate.weight").dtype, DType::U8);
+  EXPECT_EQ(q2.info("model.layers.0.mlp.experts.0.up_proj.weight").dtype, DType::BF16);
+  r = run(fmt::format("quantize --scheme mxfp4 --exclude '(' '{}' '{}'", path("m.safetensors"), path("q3.safetensors")));
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_CONTAINS(r.err, "not a valid regular expression");
+}
+
 }  // namespace
 }  // namespace mxmoe
