@@ -25,22 +25,16 @@ float decode_weight_rows(const ExpertLinear& w, int64_t r0, int64_t r1, Emulatio
   const bool nv = st.tensor_scale, vllm = e == Emulation::VLLM;
   // VLLM: dequantize_to_dtype, q * (scale / gs) rounded to bf16 (a no-op for MX: power-of-two
   // scales). Exact: q * scale, exact in float32; the NVFP4 tensor scale goes on the accumulator.
-  std::vector<float> mult(static_cast<size_t>(nb));
-  std::vector<uint8_t> codes(static_cast<size_t>(element_bits(q.params.scheme) == 4 ? 0 : K));
+  thread_local std::vector<float> mult;  // no allocation per call once warm (hot GEMV path)
+  mult.resize(static_cast<size_t>(nb));
+  const int bits = element_bits(q.params.scheme);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* srow = q.scales.ptr<uint8_t>() + r * nb;
     for (int64_t b = 0; b < nb; ++b) mult[size_t(b)] = (vllm && nv) ? scale_tab[srow[b]] / q.params.global_scale : scale_tab[srow[b]];
     float* o = out + (r - r0) * K;
     const uint8_t* prow = q.codes.ptr<uint8_t>() + r * rb;
-    if (element_bits(q.params.scheme) == 4) {
-      cpu::decode_fp4_row(prow, mult.data(), K, st.block, vllm && nv, elem, o);
-      continue;
-    }
-    unpack_codes(prow, K, element_bits(q.params.scheme), codes.data());
-    for (int64_t c = 0; c < K; ++c) {
-      const float v = elem[codes[size_t(c)]] * mult[size_t(c / st.block)];
-      o[c] = vllm && nv ? round_bf16(v) : v;
-    }
+    if (bits == 4) cpu::decode_fp4_row(prow, mult.data(), K, st.block, vllm && nv, elem, o);
+    else cpu::decode_wide_row(prow, mult.data(), K, st.block, bits, st.element, vllm && nv, o);
   }
   return (e == Emulation::Exact && nv) ? 1.0f / q.params.global_scale : 1.0f;
 }

@@ -1,10 +1,15 @@
-// CPU grouped GEMM: only experts with tokens are touched; each weight tile (kTileRows rows) is decoded
-// into a cache-sized float buffer and multiplied with OpenBLAS. Threads take (expert, tile) items.
+// CPU grouped GEMM: only experts with tokens are touched. Each task takes one of three paths
+// (heuristics.hpp): FP4 weights with few tokens per expert run the fused decode+FMA kernel
+// (fp4_gemv); other few-token tasks decode 16 weight rows at a time into an L1 buffer and take dot
+// products; many-token tasks decode a 64-row tile to float32 and call OpenBLAS sgemm. Threads take
+// (expert, row tile) items from one shared list.
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <vector>
 
+#include "moe/cpu/heuristics.hpp"
 #include "moe/cpu/simd_kernels.hpp"
 #include "moe/experts.hpp"
 
@@ -13,9 +18,23 @@ extern "C" void openblas_set_num_threads(int);
 namespace mxmoe::moe {
 namespace {
 
-constexpr int64_t kTileRows = 64;
-constexpr int64_t kGemvRows = 4;   // up to this many tokens per expert: GEMV path
-constexpr int64_t kGemvTile = 16;  // weight rows decoded per step of the GEMV path (L1/L2 sized)
+constexpr int64_t kGemvTile = 16;  // weight rows decoded per step of the DecodeDot path (L1 sized)
+
+bool is_fp4(const ExpertLinear& w) { return w.packed && element_bits(w.packed->params.scheme) == 4; }
+
+// The fused kernel's view of an FP4 projection, and the factor still owed to the accumulator.
+cpu::Fp4Weight fp4_view(const ExpertLinear& w, Emulation e, float* alpha) {
+  const QuantizedTensor& q = *w.packed;
+  const auto& st = traits(q.params.scheme);
+  const bool nv = st.tensor_scale, vllm = e == Emulation::VLLM;
+  *alpha = (!vllm && nv) ? 1.0f / q.params.global_scale : 1.0f;  // as decode_weight_rows
+  return {q.codes.ptr<uint8_t>(), q.scales.ptr<uint8_t>(), w.in_features(), st.block, st.scale,
+          (vllm && nv) ? q.params.global_scale : 0.0f};
+}
+
+double weight_bytes(const ExpertLinear& w) {
+  return w.packed ? double(w.packed->codes.nbytes() + w.packed->scales.nbytes()) : double(w.dense.nbytes());
+}
 
 class CpuExperts final : public ExpertsBackend {
  public:
@@ -24,43 +43,71 @@ class CpuExperts final : public ExpertsBackend {
   std::string unsupported(const MoeLayer&, Emulation) const override { return {}; }
 
   void grouped_gemm(const std::vector<GemmTask>& tasks, Emulation e) const override {
+    struct Plan {
+      cpu::GemmPath path;
+      int64_t act_off;  // Fused: offset of the packed activations in `packed`
+    };
     struct Item {
       size_t task;
       int64_t r0;
     };
+    std::vector<Plan> plans(tasks.size());
     std::vector<Item> items;
-    for (size_t t = 0; t < tasks.size(); ++t)
-      for (int64_t r = 0; r < tasks[t].w->out_features(); r += kTileRows) items.push_back({t, r});
-#pragma omp parallel
+    int64_t packed_len = 0;
+    double bytes = 0;
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      const GemmTask& g = tasks[t];
+      plans[t] = {cpu::choose_path(is_fp4(*g.w), g.n), packed_len};
+      if (plans[t].path == cpu::GemmPath::Fused) packed_len += g.n * cpu::fp4_act_stride(g.w->in_features());
+      bytes += weight_bytes(*g.w);
+      for (int64_t r = 0; r < g.w->out_features(); r += cpu::kTileRows) items.push_back({t, r});
+    }
+    std::vector<float> packed(static_cast<size_t>(packed_len));
+    const int threads = cpu::choose_threads(bytes, int64_t(items.size()), omp_get_max_threads());
+#pragma omp parallel num_threads(threads)
     {
+#pragma omp for schedule(static)
+      for (size_t t = 0; t < tasks.size(); ++t)
+        if (plans[t].path == cpu::GemmPath::Fused)
+          cpu::fp4_pack_activations(tasks[t].a, tasks[t].n, tasks[t].w->in_features(), packed.data() + plans[t].act_off);
       std::vector<float> wbuf;
 #pragma omp for schedule(dynamic, 1)
       for (size_t i = 0; i < items.size(); ++i) {
         const GemmTask& t = tasks[items[i].task];
         const int64_t N = t.w->out_features(), K = t.w->in_features(), r0 = items[i].r0;
-        const int64_t nr = std::min(kTileRows, N - r0);
-        if (t.n <= kGemvRows) {
-          // Decode-shaped: one weight row at a time into L1, dotted with each token row. Packing a
-          // tile for sgemm would read the weights twice.
-          wbuf.resize(size_t(kGemvTile * K));
-          for (int64_t j0 = r0; j0 < r0 + nr; j0 += kGemvTile) {
-            const int64_t nj = std::min(kGemvTile, r0 + nr - j0);
-            const float alpha = t.a_alpha * detail::decode_weight_rows(*t.w, j0, j0 + nj, e, wbuf.data());
-            for (int64_t j = 0; j < nj; ++j)
-              for (int64_t m = 0; m < t.n; ++m)
-                t.y[m * N + j0 + j] =
-                    cpu::dot(t.a + m * K, wbuf.data() + j * K, K) * alpha + (t.bias ? t.bias[j0 + j] : 0.0f);
+        const int64_t nr = std::min(cpu::kTileRows, N - r0);
+        switch (plans[items[i].task].path) {
+          case cpu::GemmPath::Fused: {
+            float wa = 1.0f;
+            const cpu::Fp4Weight w = fp4_view(*t.w, e, &wa);
+            cpu::fp4_gemv(w, r0, r0 + nr, packed.data() + plans[items[i].task].act_off, t.n, t.a_alpha * wa, t.bias,
+                          t.y, N);
+            break;
           }
-          continue;
+          case cpu::GemmPath::DecodeDot: {
+            wbuf.resize(size_t(kGemvTile * K));
+            for (int64_t j0 = r0; j0 < r0 + nr; j0 += kGemvTile) {
+              const int64_t nj = std::min(kGemvTile, r0 + nr - j0);
+              const float alpha = t.a_alpha * detail::decode_weight_rows(*t.w, j0, j0 + nj, e, wbuf.data());
+              for (int64_t j = 0; j < nj; ++j)
+                for (int64_t m = 0; m < t.n; ++m)
+                  t.y[m * N + j0 + j] =
+                      cpu::dot(t.a + m * K, wbuf.data() + j * K, K) * alpha + (t.bias ? t.bias[j0 + j] : 0.0f);
+            }
+            break;
+          }
+          case cpu::GemmPath::Sgemm: {
+            wbuf.resize(size_t(nr * K));
+            const float alpha = t.a_alpha * detail::decode_weight_rows(*t.w, r0, r0 + nr, e, wbuf.data());
+            // y[:, r0:r0+nr] = alpha * a . wtile^T (+ bias)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(t.n), int(nr), int(K), alpha, t.a, int(K),
+                        wbuf.data(), int(K), 0.0f, t.y + r0, int(N));
+            if (t.bias)
+              for (int64_t m = 0; m < t.n; ++m)
+                for (int64_t j = 0; j < nr; ++j) t.y[m * N + r0 + j] += t.bias[r0 + j];
+            break;
+          }
         }
-        wbuf.resize(size_t(nr * K));
-        const float alpha = t.a_alpha * detail::decode_weight_rows(*t.w, r0, r0 + nr, e, wbuf.data());
-        // y[:, r0:r0+nr] = alpha * a . wtile^T (+ bias)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(t.n), int(nr), int(K), alpha, t.a, int(K),
-                    wbuf.data(), int(K), 0.0f, t.y + r0, int(N));
-        if (t.bias)
-          for (int64_t m = 0; m < t.n; ++m)
-            for (int64_t j = 0; j < nr; ++j) t.y[m * N + r0 + j] += t.bias[r0 + j];
       }
     }
   }

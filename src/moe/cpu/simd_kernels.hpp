@@ -1,14 +1,56 @@
-// SIMD kernels of the CPU experts (AVX-512, dispatched at run time, scalar fallback).
+// SIMD kernels of the CPU experts (AVX-512, dispatched at run time, scalar fallback). Every kernel
+// has a scalar counterpart used on CPUs without AVX-512, when force_scalar(true) is set, and by
+// tests/moe/test_cpu_kernels.cpp as the reference.
 #pragma once
 #include <cstdint>
 
 #include "mxmoe/dtype.hpp"
+#include "mxmoe/format.hpp"
 
 namespace mxmoe::moe::cpu {
+
+// Forces the scalar paths of this file's kernels (tests, benchmarks); false restores the CPU's best.
+void force_scalar(bool on);
+bool simd_active();  // AVX-512 F/BW/VL present and not forced off
+
 // out[c] = lut16[code c] * block_mult[c / block] for one packed FP4 row of K elements (K even),
 // optionally rounded to bf16 precision (RNE). allow_simd = false forces the scalar path (tests).
 void decode_fp4_row(const uint8_t* packed, const float* block_mult, int64_t K, int block, bool to_bf16,
                     const float* lut16, float* out, bool allow_simd = true);
+// The same for 6- and 8-bit elements (bits 6 or 8; `element` E2M3, E3M2, E4M3, E5M2 or INT8):
+// out[c] = decode(element, code c) * block_mult[c / block], optionally rounded to bf16. K % 16 == 0
+// for the SIMD path.
+void decode_wide_row(const uint8_t* packed, const float* block_mult, int64_t K, int block, int bits,
+                     Encoding element, bool to_bf16, float* out, bool allow_simd = true);
 // sum_c a[c] * b[c] in float32 (vector lanes, then a tree reduction).
 float dot(const float* a, const float* b, int64_t n);
+
+// ---- fused decode + GEMV for FP4 weights (nvfp4, mxfp4) ----------------------------------------
+// One packed FP4 projection [N, K] as the fused kernel reads it.
+struct Fp4Weight {
+  const uint8_t* codes;   // [N, K/2], element 2i = low nibble of byte i
+  const uint8_t* scales;  // [N, K/block]
+  int64_t K;
+  int block;              // 16 (UE4M3 scales) or 32 (UE8M0 scales)
+  Encoding scale;         // UE4M3 or UE8M0
+  // vllm NVFP4: weights are bf16(e2m1 * (scale / gs)) (vLLM's dequantize_to_dtype); gs = 0: the
+  // weights are e2m1 * scale, exact in float32 (exact mode, and vllm MX where bf16 is a no-op).
+  float gs;
+};
+
+// The activation layout of the fused kernel: rows padded to fp4_act_stride(K) (a multiple of 128)
+// with zeros; inside each 128-column chunk, column 8*l + s is stored at 16*s + l (l < 16, s < 8),
+// which matches the nibble order of 16 packed 32-bit lanes.
+int64_t fp4_act_stride(int64_t K);
+void fp4_pack_activations(const float* a, int64_t n, int64_t K, float* ap);
+
+// y[m * ldy + j] = alpha * sum_c a[m, c] * w[j, c] + (bias ? bias[j] : 0) for rows j in [r0, r1)
+// and n token rows (any n; register-blocked over up to 8 tokens and 4 weight rows). `ap` is the
+// packed activation [n, fp4_act_stride(K)]. Weight values are those of decode_fp4_row; float32
+// accumulation. SIMD: per 8-column group the products are summed, multiplied by the block scale
+// (exact mode / MX: the scale is factored out of the 8 products), then accumulated in 16 lanes
+// and reduced by a tree. Scalar path: element by element in column order (as the ref backend).
+void fp4_gemv(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64_t n, float alpha,
+              const float* bias, float* y, int64_t ldy, bool allow_simd = true);
+
 }  // namespace mxmoe::moe::cpu

@@ -1,0 +1,167 @@
+// One synthetic MoE layer forward on the CPU (`cpu` experts backend) against the roofline:
+// Qwen3-30B-A3B (H 2048, I 768, 128 experts, top-8) at T = 1, 8, 64, 512 and gpt-oss-20b at T = 1, 64,
+// for w_nvfp4_a_nvfp4, w_mxfp4_a_mxfp4 and w_nvfp4_a16 in both emulation modes.
+// Counters: touched_MB = packed weights + scales of the experts that received a token (what one
+// forward must read at least); GB/s = touched bytes / time; floor_us = touched bytes / this binary's
+// measured copy bandwidth (read + write bytes per second, all threads); x_floor = time / floor;
+// GFLOP/s counts 2 * T * top_k * 3 * H * I; flop_frac = that over the measured FMA peak (all threads).
+// Layers are built once per shape and scheme (a 128-expert layer takes seconds) and cached.
+// Thread count: OMP_NUM_THREADS (default: all cores).
+#include <benchmark/benchmark.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/cpu/simd_kernels.hpp"
+#include "mxmoe/moe/layer.hpp"
+
+using namespace mxmoe;
+using namespace mxmoe::moe;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double copy_bandwidth() {
+  static const double bw = [] {
+    const size_t n = size_t(256) << 20;
+    std::vector<char> a(n, 1), b(n, 0);
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+      const auto t0 = Clock::now();
+#pragma omp parallel for schedule(static)
+      for (int c = 0; c < 64; ++c) std::memcpy(b.data() + c * (n / 64), a.data() + c * (n / 64), n / 64);
+      best = std::max(best, 2.0 * double(n) / std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    benchmark::DoNotOptimize(b.data());
+    return best;
+  }();
+  return bw;
+}
+
+__attribute__((target("avx512f"))) double fma_rate_avx512() {
+  __m512 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(float(i));
+  const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-7f);
+  const int64_t iters = 10'000'000;
+  const auto t0 = Clock::now();
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], m, a);
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  float sink = 0;
+  for (int i = 0; i < 12; ++i) sink += _mm512_reduce_add_ps(acc[i]);
+  benchmark::DoNotOptimize(sink);
+  return double(iters) * 12 * 16 * 2 / s;
+}
+
+double peak_flops() {  // per core, measured, times the thread count
+  static const double v = (__builtin_cpu_supports("avx512f") ? fma_rate_avx512() : 0.0) * omp_get_max_threads();
+  return v;
+}
+
+const MoeLayer& layer(const std::string& shape, const std::string& scheme) {
+  static std::map<std::string, std::unique_ptr<MoeLayer>> cache;
+  auto& slot = cache[shape + "/" + scheme];
+  if (!slot) slot = std::make_unique<MoeLayer>(synthetic_layer(synthetic_shape(shape), parse_moe_scheme(scheme), 1));
+  return *slot;
+}
+
+Tensor input(int64_t T, int64_t H, uint32_t seed) {
+  Tensor x(DType::BF16, {T, H});
+  uint64_t s = 0x2545F4914F6CDD1Dull * (seed + 1);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    float u = 0;
+    for (int j = 0; j < 4; ++j) u += float((s >> (16 * j)) & 0xffff) / 65536.0f;
+    x.ptr<uint16_t>()[i] = f32_to_bf16((u - 2.0f) * 1.7320508f);
+  }
+  return x;
+}
+
+double touched_bytes(const MoeLayer& l, const Tensor& ids) {
+  std::vector<bool> used(size_t(l.num_experts));
+  for (int64_t i = 0; i < ids.numel(); ++i) used[size_t(ids.ptr<int32_t>()[i])] = true;
+  double b = 0;
+  for (int e = 0; e < l.num_experts; ++e)
+    if (used[size_t(e)])
+      for (const ExpertLinear* w : {&l.w13[size_t(e)], &l.w2[size_t(e)]})
+        b += w->packed ? double(w->packed->codes.nbytes() + w->packed->scales.nbytes()) : double(w->dense.nbytes());
+  return b;
+}
+
+void BM_MoeLayer(benchmark::State& st, std::string shape, std::string scheme, Emulation e, int64_t T) {
+  const MoeLayer& l = layer(shape, scheme);
+  const Tensor x = input(T, l.hidden, 7);
+  MoeOptions o;
+  o.emulation = e;
+  o.backend = Backend::Cpu;
+  MoeResult r = run_moe(l, x, o);  // warm-up (page faults, thread pool)
+  for (auto _ : st) {
+    r = run_moe(l, x, o);
+    benchmark::DoNotOptimize(r.out.data.data());
+  }
+  const double bytes = touched_bytes(l, r.topk_ids), bw = copy_bandwidth();
+  const double flops = 2.0 * double(T) * l.router.top_k * 3.0 * double(l.hidden) * double(l.inter);
+  st.counters["touched_MB"] = bytes / 1e6;
+  st.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["floor_us"] = bytes / bw * 1e6;
+  st.counters["bw_GB/s"] = bw / 1e9;
+  st.counters["GFLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["flop_frac"] =
+      benchmark::Counter(peak_flops() > 0 ? flops / peak_flops() : 0.0, benchmark::Counter::kIsIterationInvariantRate);
+  // x_floor = time per iteration / floor, computed from a 1/rate counter: floor_s * iterations / time.
+  st.counters["x_floor"] =
+      benchmark::Counter(bytes / bw, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
+// The fused FP4 kernel alone on one expert's w13 (2I x H = 1536 x 2048, nvfp4, exact mode) with n
+// token rows, single thread; the weights (1.8 MB) stay in L2/L3, so this is the kernel's compute rate.
+void BM_Fp4GemvKernel(benchmark::State& st) {
+  const int64_t n = st.range(0);
+  const MoeLayer& l = layer("qwen3-30b-a3b", "w_nvfp4_a_nvfp4");
+  const ExpertLinear& w = l.w13[0];
+  const int64_t N = w.out_features(), K = w.in_features();
+  const cpu::Fp4Weight fw{w.packed->codes.ptr<uint8_t>(), w.packed->scales.ptr<uint8_t>(), K, 16, Encoding::UE4M3,
+                          st.range(1) ? w.packed->params.global_scale : 0.0f};
+  std::vector<float> a(size_t(n * K), 0.5f), ap(size_t(n * cpu::fp4_act_stride(K))), y(size_t(n * N));
+  cpu::fp4_pack_activations(a.data(), n, K, ap.data());
+  for (auto _ : st) {
+    cpu::fp4_gemv(fw, 0, N, ap.data(), n, 1.0f, nullptr, y.data(), N);
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["Gelem/s"] = benchmark::Counter(double(N * K), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(N * K * n), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Fp4GemvKernel)->ArgsProduct({{1, 2, 3, 4, 8, 16}, {0, 1}})->ArgNames({"n", "vllm"})->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  struct Case {
+    const char* shape;
+    std::vector<int64_t> tokens;
+  };
+  const Case cases[] = {{"qwen3-30b-a3b", {1, 8, 64, 512}}, {"gpt-oss-20b", {1, 64}}};
+  for (const auto& c : cases)
+    for (const char* scheme : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16"})
+      for (Emulation e : {Emulation::Exact, Emulation::VLLM})
+        for (int64_t T : c.tokens) {
+          const std::string name = std::string("BM_MoeLayer/") + c.shape + "/" + scheme + "/" +
+                                   std::string(emulation_name(e)) + "/T:" + std::to_string(T);
+          benchmark::RegisterBenchmark(name.c_str(), BM_MoeLayer, c.shape, scheme, e, T)
+              ->Unit(benchmark::kMicrosecond)
+              ->UseRealTime()
+              ->MinTime(T >= 512 ? 1.0 : 0.3);
+        }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

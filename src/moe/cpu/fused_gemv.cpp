@@ -1,0 +1,276 @@
+// Fused decode + GEMV for packed FP4 expert weights (nvfp4, mxfp4): the weights are decoded in
+// registers and multiplied with up to 8 token rows at once; no float32 weight buffer.
+//
+// Layout trick: a 64-byte chunk of a packed row holds 128 elements; read as 16 32-bit lanes, nibble s
+// of lane l is element 8l + s. vpermps only looks at the low 4 bits of each index lane, so
+// permutexvar(q >> 4s, lut) decodes elements {8l + s} of all 16 lanes with one shift and one permute,
+// and the activations are stored in the matching order (fp4_pack_activations), once per expert.
+// Lane l covers 8 consecutive columns of one scale block, so block scales are one vector per chunk.
+// GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized in target() functions.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "moe/cpu/simd_kernels.hpp"
+
+#define MXK_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define MXK_INLINE MXK_TARGET inline __attribute__((always_inline))
+
+namespace mxmoe::moe::cpu {
+
+int64_t fp4_act_stride(int64_t K) { return (K + 127) / 128 * 128; }
+
+void fp4_pack_activations(const float* a, int64_t n, int64_t K, float* ap) {
+  const int64_t Kp = fp4_act_stride(K);
+  for (int64_t m = 0; m < n; ++m) {
+    const float* src = a + m * K;
+    float* dst = ap + m * Kp;
+    for (int64_t c0 = 0; c0 < Kp; c0 += 128) {
+      if (c0 + 128 <= K) {
+        for (int s = 0; s < 8; ++s)
+          for (int l = 0; l < 16; ++l) dst[c0 + 16 * s + l] = src[c0 + 8 * l + s];
+      } else {
+        for (int s = 0; s < 8; ++s)
+          for (int l = 0; l < 16; ++l) {
+            const int64_t c = c0 + 8 * l + s;
+            dst[c0 + 16 * s + l] = c < K ? src[c] : 0.0f;
+          }
+      }
+    }
+  }
+}
+
+namespace {
+
+inline float rne_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+// Column c of a row in the packed activation layout.
+inline int64_t packed_pos(int64_t c) { return c / 128 * 128 + 16 * (c % 8) + (c % 128) / 8; }
+
+void gemv_scalar(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64_t n, float alpha,
+                 const float* bias, float* y, int64_t ldy) {
+  const float* lut = decode_table(Encoding::E2M1);
+  const float* st = decode_table(w.scale);
+  const int64_t rb = w.K / 2, nb = w.K / w.block, Kp = fp4_act_stride(w.K);
+  for (int64_t j = r0; j < r1; ++j)
+    for (int64_t m = 0; m < n; ++m) {
+      float acc = 0;
+      for (int64_t c = 0; c < w.K; ++c) {
+        const uint8_t b = w.codes[j * rb + c / 2];
+        const uint8_t s = w.scales[j * nb + c / w.block];
+        float v = lut[c % 2 ? b >> 4 : b & 0xf] * (w.gs > 0 ? st[s] / w.gs : st[s]);
+        if (w.gs > 0) v = rne_bf16(v);
+        acc += ap[m * Kp + packed_pos(c)] * v;
+      }
+      y[m * ldy + j] = acc * alpha + (bias ? bias[j] : 0.0f);
+    }
+}
+
+// ---- AVX-512 -----------------------------------------------------------------------------------
+
+#ifndef MXMOE_FP4_PREFETCH
+#define MXMOE_FP4_PREFETCH 8192
+#endif
+constexpr int64_t kPrefetchBytes = MXMOE_FP4_PREFETCH;
+
+struct Consts {
+  __m512 lut, la, lb;  // e2m1 values; vllm NVFP4 split tables (see Fmt::kBf16)
+  __m512i sidx;        // lane -> scale byte of the chunk
+  __m512 gs;
+};
+
+// kBf16 (vllm NVFP4): w = bf16(e2m1 * m) with m = scale / gs. For |e2m1| in {0.5, 1, 2, 4} that is
+// e2m1 * bf16(m) exactly; for {1.5, 3, 6} it is (e2m1 / 1.5) * bf16(1.5 * m). So
+// w = la[q] * M1 + lb[q] * M3 with M1 = bf16(m), M3 = bf16(1.5 m): the same bits as decode_fp4_row
+// (up to the sign of zero) without rounding every element.
+template <int kBlock, bool kUe4m3, bool kBf16>
+struct Fmt {
+  static constexpr int block = kBlock;
+  static constexpr bool ue4m3 = kUe4m3, bf16 = kBf16;
+};
+
+MXK_INLINE __m512 round_bf16_v(__m512 v) {
+  __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+  return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(int(0xffff0000u))));
+}
+
+// The 16-lane block-scale vector of chunk `ch` of one row (lane l: the scale of column 8l).
+template <class F>
+MXK_INLINE __m512 scale_vec(const uint8_t* srow, int64_t ch, int64_t nb, const Consts& k) {
+  constexpr int per = 128 / F::block;  // scale bytes per chunk
+  const int64_t b0 = ch * per, cnt = std::min<int64_t>(per, nb - b0);
+  const __m128i sb = _mm_maskz_loadu_epi8(__mmask16((1u << cnt) - 1), srow + b0);
+  const __m512i si = _mm512_permutexvar_epi32(k.sidx, _mm512_cvtepu8_epi32(sb));
+  if constexpr (F::ue4m3) {
+    // UE4M3 (sign bit ignored): the code's bits placed as a float32 exponent/mantissa are the value
+    // times 2^-120 (subnormal codes become float32 subnormals), so one multiply decodes it exactly.
+    const __m512i u = _mm512_and_si512(si, _mm512_set1_epi32(0x7f));
+    const __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(u, 20)), _mm512_set1_ps(0x1p120f));
+    return _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(u, _mm512_set1_epi32(0x7f)), f,
+                                _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
+  } else {
+    // UE8M0: 2^(code - 127); code 0 is the float32 subnormal 2^-127, 0xFF is NaN.
+    __m512i b = _mm512_slli_epi32(si, 23);
+    b = _mm512_mask_mov_epi32(b, _mm512_cmpeq_epi32_mask(si, _mm512_setzero_si512()), _mm512_set1_epi32(0x00400000));
+    b = _mm512_mask_mov_epi32(b, _mm512_cmpeq_epi32_mask(si, _mm512_set1_epi32(0xff)), _mm512_set1_epi32(0x7fc00000));
+    return _mm512_castsi512_ps(b);
+  }
+}
+
+// R weight rows x NT token rows starting at row j and token row 0 of `ap`, chunks [ch0, ch1):
+// part[r * 8 + m] += the lane-reduced partial dot product.
+template <class F, int R, int NT>
+MXK_INLINE void rows_kernel(const Fp4Weight& w, int64_t j, const float* ap, int64_t Kp, int64_t ch0, int64_t ch1,
+                            float* part, const Consts& k) {
+  const int64_t rb = w.K / 2, nb = w.K / F::block;
+  constexpr bool kSplit = R * NT <= 4;  // two partial-sum chains per accumulator (FMA latency)
+  __m512 acc[R][NT];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < NT; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t ch = ch0; ch < ch1; ++ch) {
+    const int64_t cb = std::min<int64_t>(64, rb - ch * 64);
+    const __mmask64 bm = cb == 64 ? ~__mmask64(0) : (__mmask64(1) << cb) - 1;
+    __m512i q[R];
+    __m512 s1[R], s3[R];
+    for (int r = 0; r < R; ++r) {
+      // The rows of a tile are one contiguous stream, but short rows defeat the hardware prefetcher:
+      // fetch kPrefetchBytes ahead (and the scales at the same relative distance).
+      const uint8_t* cp = w.codes + (j + r) * rb + ch * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(cp + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w.scales + (j + r) * nb + ch * (128 / F::block) +
+                                                 kPrefetchBytes * 2 / F::block),
+                   _MM_HINT_T0);
+      q[r] = _mm512_maskz_loadu_epi8(bm, cp);
+      const __m512 sc = scale_vec<F>(w.scales + (j + r) * nb, ch, nb, k);
+      if constexpr (F::bf16) {
+        const __m512 mlt = _mm512_div_ps(sc, k.gs);  // as decode: scale / gs, then bf16
+        s1[r] = round_bf16_v(mlt);
+        s3[r] = round_bf16_v(_mm512_mul_ps(mlt, _mm512_set1_ps(1.5f)));
+      } else {
+        s1[r] = sc;
+      }
+    }
+    const float* a = ap + ch * 128;
+    if constexpr (F::bf16) {
+      for (int s = 0; s < 8; ++s) {
+        __m512 av[NT];
+        for (int m = 0; m < NT; ++m) av[m] = _mm512_loadu_ps(a + m * Kp + 16 * s);
+        for (int r = 0; r < R; ++r) {
+          const __m512i qs = s == 0 ? q[r] : _mm512_srli_epi32(q[r], 4 * s);
+          const __m512 wv = _mm512_fmadd_ps(_mm512_permutexvar_ps(qs, k.lb), s3[r],
+                                            _mm512_mul_ps(_mm512_permutexvar_ps(qs, k.la), s1[r]));
+          for (int m = 0; m < NT; ++m) acc[r][m] = _mm512_fmadd_ps(av[m], wv, acc[r][m]);
+        }
+      }
+    } else {
+      // Sum of the 8 products per lane (exact for W4A4: small integers times one activation
+      // block scale), then times the weight block scale, then into the accumulator.
+      __m512 p[R][NT][kSplit ? 2 : 1];
+      for (int s = 0; s < 8; ++s) {
+        __m512 av[NT];
+        for (int m = 0; m < NT; ++m) av[m] = _mm512_loadu_ps(a + m * Kp + 16 * s);
+        for (int r = 0; r < R; ++r) {
+          const __m512i qs = s == 0 ? q[r] : _mm512_srli_epi32(q[r], 4 * s);
+          const __m512 wv = _mm512_permutexvar_ps(qs, k.lut);
+          const int h = kSplit ? s & 1 : 0;
+          for (int m = 0; m < NT; ++m)
+            p[r][m][h] = s < (kSplit ? 2 : 1) ? _mm512_mul_ps(av[m], wv) : _mm512_fmadd_ps(av[m], wv, p[r][m][h]);
+        }
+      }
+      for (int r = 0; r < R; ++r)
+        for (int m = 0; m < NT; ++m) {
+          const __m512 ps = kSplit ? _mm512_add_ps(p[r][m][0], p[r][m][kSplit ? 1 : 0]) : p[r][m][0];
+          acc[r][m] = _mm512_fmadd_ps(ps, s1[r], acc[r][m]);
+        }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < NT; ++m) part[r * 8 + m] += _mm512_reduce_add_ps(acc[r][m]);
+}
+
+// Rows [r0, r1) (at most kRowStep) for NT token rows: the K dimension in slabs whose activations
+// (NT rows) stay in L1 while every row of the block streams past; groups of R rows, then single rows.
+constexpr int64_t kRowStep = 16;
+// Token rows per pass over a row block (BM_Fp4GemvKernel, 1 core): the factored kernel peaks at
+// 2 tokens x 4 rows (~150 GFLOP/s; 5-8 token kernels spill and run at a third of that), the bf16
+// kernel at 4 tokens x 2 rows. Larger n re-decodes the L1-resident row block per group.
+template <class F>
+constexpr int64_t kTokenGroup = F::bf16 ? 4 : 2;
+
+template <class F, int NT>
+MXK_TARGET void rows_loop(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64_t Kp, float alpha,
+                          const float* bias, float* y, int64_t ldy, const Consts& k) {
+  constexpr int R = NT <= 2 ? 4 : NT <= 4 ? 2 : 1;
+  constexpr int64_t kSlabChunks = std::max<int64_t>(1, 16384 / (NT * 4 * 128));  // 16 KiB of activations
+  float part[kRowStep * 8] = {};
+  const int64_t nch = Kp / 128;
+  for (int64_t c0 = 0; c0 < nch; c0 += kSlabChunks) {
+    const int64_t c1 = std::min(nch, c0 + kSlabChunks);
+    int64_t j = r0;
+    for (; j + R <= r1; j += R) rows_kernel<F, R, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
+    if constexpr (R > 1)
+      for (; j < r1; ++j) rows_kernel<F, 1, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
+  }
+  for (int64_t j = r0; j < r1; ++j)
+    for (int m = 0; m < NT; ++m) y[m * ldy + j] = part[(j - r0) * 8 + m] * alpha + (bias ? bias[j] : 0.0f);
+}
+
+template <class F>
+MXK_TARGET void gemv_avx512(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64_t n, float alpha,
+                            const float* bias, float* y, int64_t ldy) {
+  const float* lut = decode_table(Encoding::E2M1);
+  Consts k;
+  k.lut = _mm512_loadu_ps(lut);
+  alignas(64) float la[16], lb[16];
+  for (int c = 0; c < 16; ++c) {
+    const float v = lut[c], mag = v < 0 ? -v : v;
+    const bool three = mag == 1.5f || mag == 3.0f || mag == 6.0f;
+    la[c] = three ? 0.0f : v;
+    lb[c] = three ? v / 1.5f : 0.0f;
+  }
+  k.la = _mm512_load_ps(la), k.lb = _mm512_load_ps(lb);
+  k.sidx = F::block == 16 ? _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)
+                          : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  k.gs = _mm512_set1_ps(w.gs);
+  const int64_t Kp = fp4_act_stride(w.K);
+  // Weight row blocks outside, token groups of up to 8 inside: a row block's packed bytes stay in L1.
+  for (int64_t j0 = r0; j0 < r1; j0 += kRowStep) {
+    const int64_t j1 = std::min(r1, j0 + kRowStep);
+    for (int64_t m0 = 0; m0 < n; m0 += kTokenGroup<F>) {
+      const float* a = ap + m0 * Kp;
+      float* yy = y + m0 * ldy;
+      switch (std::min<int64_t>(kTokenGroup<F>, n - m0)) {
+        case 1: rows_loop<F, 1>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 2: rows_loop<F, 2>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 3: rows_loop<F, 3>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 4: rows_loop<F, 4>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        default: break;  // n - m0 >= 1 and at most kTokenGroup
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void fp4_gemv(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64_t n, float alpha,
+              const float* bias, float* y, int64_t ldy, bool allow_simd) {
+  if (r1 <= r0 || n <= 0) return;
+  // The UE4M3 decode relies on float32 subnormal arithmetic: no SIMD under denormals-are-zero.
+  const bool daz = (_mm_getcsr() & 0x0040) != 0;
+  if (allow_simd && simd_active() && !daz && w.K % 16 == 0) {
+    if (w.block == 16 && w.scale == Encoding::UE4M3) {
+      if (w.gs > 0) return gemv_avx512<Fmt<16, true, true>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+      return gemv_avx512<Fmt<16, true, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+    }
+    if (w.block == 32 && w.scale == Encoding::UE8M0 && w.gs <= 0)
+      return gemv_avx512<Fmt<32, false, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+  }
+  gemv_scalar(w, r0, r1, ap, n, alpha, bias, y, ldy);
+}
+
+}  // namespace mxmoe::moe::cpu

@@ -1,0 +1,38 @@
+// Tuning decisions of the CPU experts, kept apart from the kernels: which GEMM path a task takes,
+// how weight rows are tiled into work items, and how many threads a grouped GEMM uses.
+// The numbers are measured on the 2-core AMD EPYC (Zen 5) of bench/RESULTS.md (MoE section).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+namespace mxmoe::moe::cpu {
+
+enum class GemmPath : uint8_t {
+  Fused,      // FP4 weights decoded in registers and FMA'd with the token rows (fp4_gemv)
+  DecodeDot,  // 16 weight rows decoded to an L1 buffer, then dot products (few tokens, 6/8-bit, dense)
+  Sgemm,      // a 64-row tile decoded to float32 once, then OpenBLAS sgemm over all token rows
+};
+
+// Fused FP4 up to this many token rows per expert: the kernel re-decodes the (L1-resident) packed
+// row group for every 8 tokens, which costs less than the float32 tile + sgemm packing until the
+// decode is amortized over many rows.
+inline constexpr int64_t kFusedMaxTokens = 48;
+inline constexpr int64_t kDecodeDotMaxTokens = 4;
+
+inline GemmPath choose_path(bool fp4_packed, int64_t tokens) {
+  if (fp4_packed && tokens <= kFusedMaxTokens) return GemmPath::Fused;
+  return tokens <= kDecodeDotMaxTokens ? GemmPath::DecodeDot : GemmPath::Sgemm;
+}
+
+// Weight rows per work item: small enough to balance 2 threads over a handful of experts, large
+// enough that scheduling (one atomic per item) is noise.
+inline constexpr int64_t kTileRows = 64;
+
+// Threads for a grouped GEMM touching `bytes` of weights in `items` work items: one thread when the
+// whole problem is a few microseconds of work (OpenMP fork/join costs ~5-10 us).
+inline int choose_threads(double bytes, int64_t items, int max_threads) {
+  if (bytes < 256.0 * 1024) return 1;
+  return int(std::max<int64_t>(1, std::min<int64_t>(items, max_threads)));
+}
+
+}  // namespace mxmoe::moe::cpu

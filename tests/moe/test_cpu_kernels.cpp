@@ -1,0 +1,229 @@
+// SIMD kernels of the CPU experts (src/moe/cpu) against their scalar counterparts on fresh random
+// inputs: poisoned outputs, odd sizes, every weight format. Decoders must agree bit for bit (same
+// operations per element); the fused GEMV sums in a different order than the scalar column-order
+// loop, so it is held to the float32 accumulation bound |d| <= 2 K u sum_c |a_c w_c| (u = 2^-24).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "moe/cpu/simd_kernels.hpp"
+#include "mxmoe/moe/layer.hpp"
+#include "quant/cpu/quant_cpu.hpp"
+#include "test_util.hpp"
+
+using namespace mxmoe;
+using namespace mxmoe::moe;
+
+namespace {
+
+uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+// Bitwise equality, any NaN equal to any NaN.
+void expect_same(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) && std::isnan(b[i])) continue;
+    ASSERT_EQ(bits_of(a[i]), bits_of(b[i])) << what << " at " << i << ": " << a[i] << " vs " << b[i];
+  }
+}
+
+std::vector<uint8_t> random_bytes(size_t n, std::mt19937& g) {
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = uint8_t(g());
+  return v;
+}
+
+// Block multipliers as decode_weight_rows builds them: a scale-table value, optionally / gs.
+std::vector<float> random_mults(int64_t nb, Encoding scale, float gs, std::mt19937& g) {
+  const float* st = decode_table(scale);
+  std::vector<float> m(static_cast<size_t>(nb));
+  for (auto& v : m) {
+    uint8_t c = uint8_t(g());
+    if (scale == Encoding::UE8M0) c = uint8_t(100 + c % 50);  // keep products finite
+    else if ((c & 0x7f) == 0x7f) c = 0x3c;                    // NaN scales are tested separately
+    v = gs > 0 ? st[c] / gs : st[c];
+  }
+  return m;
+}
+
+TEST(CpuKernels, Fp4RowDecodeSimdMatchesScalarBitwise) {
+  if (!moe::cpu::simd_active()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  std::mt19937 g(1);
+  for (int block : {16, 32})
+    for (int64_t K : {16 * 3, 16 * 37, 2048, 2880})
+      for (bool bf16 : {false, true}) {
+        if (K % block) continue;
+        const auto codes = random_bytes(size_t(K / 2), g);
+        const auto mult = random_mults(K / block, block == 16 ? Encoding::UE4M3 : Encoding::UE8M0,
+                                       bf16 ? 2688.0f / 0.37f : 0.0f, g);
+        std::vector<float> simd(size_t(K), NAN), scalar(size_t(K), -NAN);
+        const float* lut = decode_table(Encoding::E2M1);
+        moe::cpu::decode_fp4_row(codes.data(), mult.data(), K, block, bf16, lut, simd.data(), true);
+        moe::cpu::decode_fp4_row(codes.data(), mult.data(), K, block, bf16, lut, scalar.data(), false);
+        expect_same(simd, scalar, "fp4 K " + std::to_string(K));
+      }
+}
+
+TEST(CpuKernels, WideRowDecodeSimdMatchesScalarBitwiseForEveryFormat) {
+  if (!moe::cpu::simd_active()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  std::mt19937 g(2);
+  for (Encoding e : {Encoding::E2M3, Encoding::E3M2, Encoding::E4M3, Encoding::E5M2, Encoding::INT8}) {
+    const int bits = traits(e).bits;
+    for (int64_t K : {32, 32 * 23, 2880})
+      for (bool bf16 : {false, true}) {
+        auto codes = random_bytes(size_t(K * bits / 8), g);
+        if (bits == 8) codes[0] = 0x7f, codes[1] = 0xff, codes[2] = 0x7c, codes[3] = 0x80, codes[4] = 0x01;
+        const auto mult = random_mults(K / 32, Encoding::UE8M0, 0.0f, g);
+        std::vector<float> simd(size_t(K), NAN), scalar(size_t(K), -NAN);
+        moe::cpu::decode_wide_row(codes.data(), mult.data(), K, 32, bits, e, bf16, simd.data(), true);
+        moe::cpu::decode_wide_row(codes.data(), mult.data(), K, 32, bits, e, bf16, scalar.data(), false);
+        expect_same(simd, scalar, std::string(traits(e).name) + " K " + std::to_string(K));
+        // The scalar path is the decode table times the multiplier.
+        std::vector<uint8_t> c(static_cast<size_t>(K));
+        unpack_codes(codes.data(), K, bits, c.data());
+        for (int64_t i = 0; i < K && !bf16; ++i) {
+          const float want = decode_table(e)[c[size_t(i)]] * mult[size_t(i / 32)];
+          if (!std::isnan(want)) ASSERT_EQ(bits_of(scalar[size_t(i)]), bits_of(want)) << traits(e).name << " " << i;
+        }
+      }
+  }
+}
+
+TEST(CpuKernels, PackedActivationLayout) {
+  const int64_t K = 16 * 37, Kp = moe::cpu::fp4_act_stride(K);
+  ASSERT_EQ(Kp, 640);
+  std::vector<float> a(size_t(2 * K)), ap(size_t(2 * Kp), NAN);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = float(i + 1);
+  moe::cpu::fp4_pack_activations(a.data(), 2, K, ap.data());
+  for (int64_t m = 0; m < 2; ++m)
+    for (int64_t c = 0; c < Kp; ++c) {
+      const float got = ap[size_t(m * Kp + c / 128 * 128 + 16 * (c % 8) + (c % 128) / 8)];
+      ASSERT_EQ(got, c < K ? a[size_t(m * K + c)] : 0.0f) << m << " " << c;
+    }
+}
+
+struct Fp4Case {
+  int block;
+  Encoding scale;
+  float gs;  // > 0: vllm NVFP4 (bf16 weights)
+};
+
+// fp4_gemv (SIMD) vs its scalar path and vs decode + float64 dot, with the accumulation bound.
+void check_fp4_gemv(const Fp4Case& fc, int64_t K, int64_t N, int64_t r0, int64_t r1, int64_t n, bool with_bias,
+                    std::mt19937& g) {
+  const int64_t nb = K / fc.block;
+  auto codes = random_bytes(size_t(N * K / 2), g);
+  std::vector<uint8_t> scales(size_t(N * nb));
+  for (auto& s : scales) {
+    uint8_t c = uint8_t(g());
+    if (fc.scale == Encoding::UE8M0) c = uint8_t(110 + c % 30);
+    else if ((c & 0x7f) == 0x7f) c = 0x35;
+    s = c;
+  }
+  const moe::cpu::Fp4Weight w{codes.data(), scales.data(), K, fc.block, fc.scale, fc.gs};
+  std::normal_distribution<float> nd;
+  std::vector<float> a(size_t(n * K)), bias(static_cast<size_t>(N)), ap(static_cast<size_t>(n * moe::cpu::fp4_act_stride(K)));
+  for (auto& v : a) v = nd(g);
+  for (auto& v : bias) v = nd(g);
+  moe::cpu::fp4_pack_activations(a.data(), n, K, ap.data());
+  const float alpha = 0.75f;
+  const int64_t ldy = N + 3;
+  std::vector<float> ys(size_t(n * ldy), NAN), yr(size_t(n * ldy), NAN);
+  moe::cpu::fp4_gemv(w, r0, r1, ap.data(), n, alpha, with_bias ? bias.data() : nullptr, ys.data(), ldy, true);
+  moe::cpu::fp4_gemv(w, r0, r1, ap.data(), n, alpha, with_bias ? bias.data() : nullptr, yr.data(), ldy, false);
+  // Weight rows through the row decoder (the numerics contract of the weights).
+  const float* st = decode_table(fc.scale);
+  std::vector<float> wrow(static_cast<size_t>(K)), mult(static_cast<size_t>(nb));
+  for (int64_t m = 0; m < n; ++m)
+    for (int64_t j = 0; j < ldy; ++j) {
+      const size_t i = size_t(m * ldy + j);
+      if (j < r0 || j >= r1) {  // poisoned outputs outside the rows stay untouched
+        ASSERT_TRUE(std::isnan(ys[i]) && std::isnan(yr[i])) << "wrote outside rows at " << j;
+        continue;
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        const float sv = st[scales[size_t(j * nb + b)]];
+        mult[size_t(b)] = fc.gs > 0 ? sv / fc.gs : sv;
+      }
+      moe::cpu::decode_fp4_row(codes.data() + j * K / 2, mult.data(), K, fc.block, fc.gs > 0,
+                               decode_table(Encoding::E2M1), wrow.data(), false);
+      double exact = 0, mag = 0;
+      for (int64_t c = 0; c < K; ++c) {
+        exact += double(a[size_t(m * K + c)]) * wrow[size_t(c)];
+        mag += std::fabs(double(a[size_t(m * K + c)]) * wrow[size_t(c)]);
+      }
+      const double want = exact * alpha + (with_bias ? bias[size_t(j)] : 0.0);
+      const double bound = 2.0 * double(K) * 0x1p-24 * mag * alpha + 1e-6 * std::fabs(want) + 1e-30;
+      ASSERT_TRUE(std::isfinite(ys[i])) << j;
+      EXPECT_LE(std::fabs(ys[i] - want), bound) << "simd K " << K << " n " << n << " row " << j;
+      EXPECT_LE(std::fabs(yr[i] - want), bound) << "scalar K " << K << " n " << n << " row " << j;
+      EXPECT_LE(std::fabs(double(ys[i]) - yr[i]), 2 * bound) << "simd vs scalar row " << j;
+    }
+}
+
+TEST(CpuKernels, Fp4GemvMatchesScalarWithinAccumulationBound) {
+  std::mt19937 g(3);
+  const Fp4Case cases[] = {{16, Encoding::UE4M3, 0.0f}, {16, Encoding::UE4M3, 2688.0f / 0.41f}, {32, Encoding::UE8M0, 0.0f}};
+  for (const auto& fc : cases)
+    for (int64_t K : {int64_t(fc.block) * 3, int64_t(fc.block) * 37, int64_t(2048), int64_t(2880)})
+      for (int64_t n : {1, 2, 3, 4, 5, 7, 9}) check_fp4_gemv(fc, K, 23, 3, 22, n, n % 2 == 1, g);
+}
+
+TEST(CpuKernels, Fp4GemvNaNScalePropagates) {
+  std::mt19937 g(4);
+  const int64_t K = 256, N = 4;
+  auto codes = random_bytes(size_t(N * K / 2), g);
+  for (auto [block, enc, nan_code] : {std::tuple{16, Encoding::UE4M3, uint8_t(0x7f)}, {32, Encoding::UE8M0, uint8_t(0xff)}}) {
+    std::vector<uint8_t> scales(size_t(N * K / block), enc == Encoding::UE8M0 ? 127 : 0x38);
+    scales[size_t(K / block + 3)] = nan_code;  // row 1, block 3
+    const moe::cpu::Fp4Weight w{codes.data(), scales.data(), K, block, enc, 0.0f};
+    std::vector<float> a(static_cast<size_t>(K), 1.0f), ap(size_t(moe::cpu::fp4_act_stride(K))), y(size_t(N), 0.0f);
+    moe::cpu::fp4_pack_activations(a.data(), 1, K, ap.data());
+    for (bool simd : {true, false}) {
+      moe::cpu::fp4_gemv(w, 0, N, ap.data(), 1, 1.0f, nullptr, y.data(), N, simd);
+      EXPECT_TRUE(std::isnan(y[1])) << simd;
+      EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[2]) && std::isfinite(y[3])) << simd;
+    }
+  }
+}
+
+// The portable path a CPU without AVX-512 takes (both this backend's kernels and the quantizers).
+TEST(CpuKernels, ForceScalarLayerMatchesRef) {
+  for (const char* name : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp8_e4m3_a16"}) {
+    const MoeScheme& s = parse_moe_scheme(name);
+    const MoeLayer l = synthetic_layer({"small", 128, 64, 6, 2}, s, 9);
+    const Tensor x = test::random_tensor(DType::BF16, {11, 128}, 3);
+    for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+      MoeOptions o;
+      o.emulation = e;
+      o.backend = Backend::Ref;
+      const MoeResult ref = run_moe(l, x, o);
+      o.backend = Backend::Cpu;
+      const MoeResult fast = run_moe(l, x, o);
+      moe::cpu::force_scalar(true);
+      mxmoe::cpu::force_scalar(true);
+      EXPECT_FALSE(moe::cpu::simd_active());
+      const MoeResult slow = run_moe(l, x, o);
+      moe::cpu::force_scalar(false);
+      mxmoe::cpu::force_scalar(false);
+      double num = 0, den = 0, num2 = 0;
+      for (int64_t i = 0; i < ref.out.numel(); ++i) {
+        const double r = ref.out.ptr<float>()[i];
+        num += (slow.out.ptr<float>()[i] - r) * (slow.out.ptr<float>()[i] - r);
+        num2 += (fast.out.ptr<float>()[i] - r) * (fast.out.ptr<float>()[i] - r);
+        den += r * r;
+      }
+      EXPECT_LT(std::sqrt(num / den), 2e-3) << name << " " << emulation_name(e) << " scalar";
+      EXPECT_LT(std::sqrt(num2 / den), 2e-3) << name << " " << emulation_name(e) << " simd";
+    }
+  }
+}
+
+}  // namespace
