@@ -6,6 +6,7 @@
 #include <random>
 #include <string>
 
+#include "mxmoe/error.hpp"
 #include "mxmoe/tensor.hpp"
 
 namespace mxmoe::test {
@@ -46,6 +47,17 @@ inline Tensor random_tensor(DType dt, std::vector<int64_t> shape, uint32_t seed,
     store_from_f32(t.data.data(), dt, i, v);
   }
   return t;
+}
+
+// Runs f and expects an mxmoe::Error whose message contains `needle`.
+template <class F>
+void expect_error(F&& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an mxmoe::Error containing '" << needle << "'";
+  } catch (const mxmoe::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace mxmoe::test

@@ -94,7 +94,7 @@ void demo_cmd(const DemoArgs& a) {
   fmt::print("1. A Qwen3-MoE layer: hidden {}, moe_intermediate {}, {} experts, top-{}, bf16 weights\n", shape.hidden,
              shape.inter, shape.num_experts, shape.top_k);
   const MoeLayer dense = synthetic_layer(shape, parse_moe_scheme("bf16"), 7);
-  write_checkpoint(a.dir, dense, test_input(256, shape.hidden, 1000));
+  write_checkpoint(a.dir, dense, synthetic_tokens(256, shape.hidden, 1000));
   fmt::print("2. Wrote {}/ in ModelOpt NVFP4 layout (input scales calibrated on 256 tokens)\n", a.dir);
   const MoeLayer w4a4 = load_moe_layer(a.dir, 0);
   fmt::print("3. Loaded it back: {}\n", describe_checkpoint(a.dir));
@@ -103,7 +103,7 @@ void demo_cmd(const DemoArgs& a) {
   const MoeLayer w4a16 = load_moe_layer(a.dir, 0, lo);
   const MoeLayer mx = quantize_layer(dense, parse_moe_scheme("w_mxfp4_a_mxfp4"), ScaleRule::Even);
 
-  const Tensor x = test_input(a.tokens, shape.hidden, 42);
+  const Tensor x = synthetic_tokens(a.tokens, shape.hidden, 42);
   MoeOptions ref_opts;
   ref_opts.emulation = Emulation::Exact;
   const MoeResult want = run_moe(dense, x, ref_opts);

@@ -19,7 +19,6 @@
 
 namespace mxmoe::cli {
 
-Tensor test_input(int64_t T, int64_t H, uint32_t seed);
 
 namespace {
 
@@ -102,7 +101,7 @@ void bench_moe_cmd(const BenchArgs& a) {
     std::vector<double> us;
     MoeResult r;
     for (int it = 0; it < a.iters + 1; ++it) {
-      Tensor x = test_input(T, s.hidden, uint32_t(it));
+      Tensor x = synthetic_tokens(T, s.hidden, uint32_t(it));
       const auto t0 = Clock::now();
       r = run_moe(l, x, o);
       if (it > 0) us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
@@ -120,18 +119,6 @@ void bench_moe_cmd(const BenchArgs& a) {
 }
 
 }  // namespace
-
-Tensor test_input(int64_t T, int64_t H, uint32_t seed) {
-  Tensor x(DType::BF16, {T, H});
-  uint64_t st = 0x2545F4914F6CDD1Dull * (seed + 1);
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-    float u = 0;
-    for (int j = 0; j < 4; ++j) u += float((st >> (16 * j)) & 0xffff) / 65536.0f;
-    x.ptr<uint16_t>()[i] = f32_to_bf16((u - 2.0f) * 1.7320508f);
-  }
-  return x;
-}
 
 void add_moe_commands(CLI::App& app) {
   static MoeArgs m;

@@ -16,9 +16,6 @@ void add_info_commands(CLI::App& app);   // inspect, formats, compare (cmd_info.
 void add_moe_commands(CLI::App& app);    // moe, bench-moe (cmd_moe.cpp)
 void add_demo_command(CLI::App& app);    // demo (cmd_demo.cpp)
 
-// Deterministic pseudo-normal BF16 activations [T, H] for demos and benchmarks.
-Tensor test_input(int64_t T, int64_t H, uint32_t seed);
-
 // Options every quantizing command takes, as the user typed them ("" = not given).
 struct QuantOptions {
   std::string scheme, rule, rounding;

@@ -83,4 +83,16 @@ MoeLayer synthetic_layer(const SyntheticShape& s, const MoeScheme& scheme, uint3
   return l;
 }
 
+Tensor synthetic_tokens(int64_t T, int64_t H, uint32_t seed) {
+  Tensor x(DType::BF16, {T, H});
+  uint64_t st = 0x2545F4914F6CDD1Dull * (seed + 1);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+    float u = 0;
+    for (int j = 0; j < 4; ++j) u += float((st >> (16 * j)) & 0xffff) / 65536.0f;
+    x.ptr<uint16_t>()[i] = f32_to_bf16((u - 2.0f) * 1.7320508f);
+  }
+  return x;
+}
+
 }  // namespace mxmoe::moe

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "mxmoe/error.hpp"
+#include "test_util.hpp"
 #include "mxmoe/moe/permute.hpp"
 #include "mxmoe/moe/routing.hpp"
 
@@ -16,15 +17,7 @@ using namespace mxmoe::moe;
 
 namespace {
 
-template <class F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an mxmoe::Error containing '" << needle << "'";
-  } catch (const mxmoe::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using mxmoe::test::expect_error;
 
 // Structural invariants every ExpertGroups must satisfy.
 void check_invariants(const ExpertGroups& g, const std::vector<int32_t>& ids, int64_t T, int k, int E,

@@ -10,21 +10,14 @@
 #include <vector>
 
 #include "mxmoe/error.hpp"
+#include "test_util.hpp"
 #include "mxmoe/moe/routing.hpp"
 
 using namespace mxmoe::moe;
 
 namespace {
 
-template <class F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an mxmoe::Error containing '" << needle << "'";
-  } catch (const mxmoe::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using mxmoe::test::expect_error;
 
 struct Routed {
   std::vector<int32_t> ids;

@@ -78,5 +78,7 @@ struct SyntheticShape {
 };
 SyntheticShape synthetic_shape(std::string_view name);  // qwen3-30b-a3b, gpt-oss-20b, mixtral-8x7b, ...
 MoeLayer synthetic_layer(const SyntheticShape& s, const MoeScheme& scheme, uint32_t seed);
+// Deterministic pseudo-normal BF16 activations [T, H] for demos and benchmarks.
+Tensor synthetic_tokens(int64_t T, int64_t H, uint32_t seed);
 
 }  // namespace mxmoe::moe
