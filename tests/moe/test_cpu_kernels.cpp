@@ -1,10 +1,12 @@
 // SIMD kernels of the CPU experts (src/moe/cpu) against their scalar counterparts on fresh random
 // inputs: poisoned outputs, odd sizes, every weight format. Decoders must agree bit for bit (same
 // operations per element); the fused GEMV sums in a different order than the scalar column-order
-// loop, so it is held to the float32 accumulation bound |d| <= 2 K u sum_c |a_c w_c| (u = 2^-24).
+// loop, so it is held to the float32 accumulation bound |d| <= 2 K u sum_c |a_c w_c| (u = 2^-24);
+// on W4A4 inputs (exact lane sums) the float and bf16-dot kernels must agree bit for bit.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -130,14 +132,20 @@ void check_fp4_gemv(const Fp4Case& fc, int64_t K, int64_t N, int64_t r0, int64_t
   const moe::cpu::Fp4Weight w{codes.data(), scales.data(), K, fc.block, fc.scale, fc.gs};
   std::normal_distribution<float> nd;
   std::vector<float> a(size_t(n * K)), bias(static_cast<size_t>(N)), ap(static_cast<size_t>(n * moe::cpu::fp4_act_stride(K)));
-  for (auto& v : a) v = nd(g);
+  for (auto& v : a) v = bf16_to_f32(f32_to_bf16(nd(g)));  // bf16 values: both kernels apply
   for (auto& v : bias) v = nd(g);
   moe::cpu::fp4_pack_activations(a.data(), n, K, ap.data());
+  std::vector<uint16_t> ap16(ap.size());
+  ASSERT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
   const float alpha = 0.75f;
   const int64_t ldy = N + 3;
   std::vector<float> ys(size_t(n * ldy), NAN), yr(size_t(n * ldy), NAN);
   moe::cpu::fp4_gemv(w, r0, r1, ap.data(), n, alpha, with_bias ? bias.data() : nullptr, ys.data(), ldy, true);
   moe::cpu::fp4_gemv(w, r0, r1, ap.data(), n, alpha, with_bias ? bias.data() : nullptr, yr.data(), ldy, false);
+  std::vector<float> y16(size_t(n * ldy), NAN), y16r(size_t(n * ldy), NAN);
+  moe::cpu::fp4_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, with_bias ? bias.data() : nullptr, y16.data(), ldy, true);
+  moe::cpu::fp4_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, with_bias ? bias.data() : nullptr, y16r.data(), ldy, false);
+  expect_same(y16r, yr, "bf16 scalar path vs float scalar path");  // same column-order loop
   // Weight rows through the row decoder (the numerics contract of the weights).
   const float* st = decode_table(fc.scale);
   std::vector<float> wrow(static_cast<size_t>(K)), mult(static_cast<size_t>(nb));
@@ -145,7 +153,7 @@ void check_fp4_gemv(const Fp4Case& fc, int64_t K, int64_t N, int64_t r0, int64_t
     for (int64_t j = 0; j < ldy; ++j) {
       const size_t i = size_t(m * ldy + j);
       if (j < r0 || j >= r1) {  // poisoned outputs outside the rows stay untouched
-        ASSERT_TRUE(std::isnan(ys[i]) && std::isnan(yr[i])) << "wrote outside rows at " << j;
+        ASSERT_TRUE(std::isnan(ys[i]) && std::isnan(yr[i]) && std::isnan(y16[i])) << "wrote outside rows at " << j;
         continue;
       }
       for (int64_t b = 0; b < nb; ++b) {
@@ -165,6 +173,8 @@ void check_fp4_gemv(const Fp4Case& fc, int64_t K, int64_t N, int64_t r0, int64_t
       EXPECT_LE(std::fabs(ys[i] - want), bound) << "simd K " << K << " n " << n << " row " << j;
       EXPECT_LE(std::fabs(yr[i] - want), bound) << "scalar K " << K << " n " << n << " row " << j;
       EXPECT_LE(std::fabs(double(ys[i]) - yr[i]), 2 * bound) << "simd vs scalar row " << j;
+      ASSERT_TRUE(std::isfinite(y16[i])) << j;
+      EXPECT_LE(std::fabs(y16[i] - want), bound) << "bf16 dot K " << K << " n " << n << " row " << j;
     }
 }
 
@@ -174,6 +184,49 @@ TEST(CpuKernels, Fp4GemvMatchesScalarWithinAccumulationBound) {
   for (const auto& fc : cases)
     for (int64_t K : {int64_t(fc.block) * 3, int64_t(fc.block) * 37, int64_t(2048), int64_t(2880)})
       for (int64_t n : {1, 2, 3, 4, 5, 7, 9}) check_fp4_gemv(fc, K, 23, 3, 22, n, n % 2 == 1, g);
+}
+
+// W4A4 (exact mode): activations are e2m1 x block scale, so every 8-column lane sum is exact in both
+// SIMD kernels and they accumulate the same lane partials in the same order: bitwise equal results.
+TEST(CpuKernels, Fp4GemvFloatAndBf16DotAgreeBitwiseOnW4A4) {
+  if (!moe::cpu::fp4_bf16_dot_active()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+  std::mt19937 g(5);
+  for (auto [block, enc] : {std::pair{16, Encoding::UE4M3}, std::pair{32, Encoding::UE8M0}})
+    for (int64_t K : {int64_t(256), int64_t(16 * 37), int64_t(2048)})
+      for (int64_t n : {1, 2, 3, 5}) {
+        const int64_t N = 9, nb = K / block;
+        auto codes = random_bytes(size_t(N * K / 2), g);
+        std::vector<uint8_t> scales(size_t(N * nb));
+        for (auto& s : scales) s = enc == Encoding::UE8M0 ? uint8_t(115 + g() % 20) : uint8_t(0x20 + g() % 0x50);
+        const moe::cpu::Fp4Weight w{codes.data(), scales.data(), K, block, enc, 0.0f};
+        std::vector<float> a(size_t(n * K));
+        for (int64_t i = 0; i < n * K; ++i) {
+          const float sa = enc == Encoding::UE8M0 ? std::ldexp(1.0f, int(g() % 9) - 4)
+                                                  : decode_table(Encoding::UE4M3)[0x28 + (i / block * 7) % 0x40];
+          a[size_t(i)] = decode_table(Encoding::E2M1)[g() % 16] * sa;
+        }
+        const int64_t Kp = moe::cpu::fp4_act_stride(K);
+        std::vector<float> ap(size_t(n * Kp)), y(size_t(n * N), NAN), y16(size_t(n * N), NAN);
+        std::vector<uint16_t> ap16(ap.size());
+        moe::cpu::fp4_pack_activations(a.data(), n, K, ap.data());
+        ASSERT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
+        moe::cpu::fp4_gemv(w, 0, N, ap.data(), n, 0.5f, nullptr, y.data(), N);
+        moe::cpu::fp4_gemv_bf16(w, 0, N, ap16.data(), n, 0.5f, nullptr, y16.data(), N);
+        expect_same(y, y16, "K " + std::to_string(K) + " n " + std::to_string(n));
+      }
+}
+
+TEST(CpuKernels, Bf16PackRejectsValuesTheDotKernelCannotTakeExactly) {
+  const int64_t K = 32;
+  std::vector<float> a(static_cast<size_t>(K), 1.0f);
+  std::vector<uint16_t> ap(size_t(moe::cpu::fp4_act_stride(K)));
+  EXPECT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), 1, K, ap.data()));
+  a[5] = 1.0f + 0x1p-10f;  // not a bf16
+  EXPECT_FALSE(moe::cpu::fp4_pack_activations_bf16(a.data(), 1, K, ap.data()));
+  a[5] = 0x1p-100f;  // bf16, but products could reach the flushed denormal range
+  EXPECT_FALSE(moe::cpu::fp4_pack_activations_bf16(a.data(), 1, K, ap.data()));
+  a[5] = -0.0f;
+  EXPECT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), 1, K, ap.data()));
 }
 
 TEST(CpuKernels, Fp4GemvNaNScalePropagates) {
@@ -186,10 +239,16 @@ TEST(CpuKernels, Fp4GemvNaNScalePropagates) {
     const moe::cpu::Fp4Weight w{codes.data(), scales.data(), K, block, enc, 0.0f};
     std::vector<float> a(static_cast<size_t>(K), 1.0f), ap(size_t(moe::cpu::fp4_act_stride(K))), y(size_t(N), 0.0f);
     moe::cpu::fp4_pack_activations(a.data(), 1, K, ap.data());
+    std::vector<uint16_t> ap16(ap.size());
+    ASSERT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), 1, K, ap16.data()));
     for (bool simd : {true, false}) {
       moe::cpu::fp4_gemv(w, 0, N, ap.data(), 1, 1.0f, nullptr, y.data(), N, simd);
       EXPECT_TRUE(std::isnan(y[1])) << simd;
       EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[2]) && std::isfinite(y[3])) << simd;
+      std::fill(y.begin(), y.end(), 0.0f);
+      moe::cpu::fp4_gemv_bf16(w, 0, N, ap16.data(), 1, 1.0f, nullptr, y.data(), N, simd);
+      EXPECT_TRUE(std::isnan(y[1])) << "bf16 " << simd;
+      EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[2]) && std::isfinite(y[3])) << "bf16 " << simd;
     }
   }
 }

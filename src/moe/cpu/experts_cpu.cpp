@@ -45,7 +45,8 @@ class CpuExperts final : public ExpertsBackend {
   void grouped_gemm(const std::vector<GemmTask>& tasks, Emulation e) const override {
     struct Plan {
       cpu::GemmPath path;
-      int64_t act_off;  // Fused: offset of the packed activations in `packed`
+      int64_t act_off;  // Fused: offset of the packed activations in `packed` / `packed16`
+      bool bf16 = false;  // Fused: activations are exact bf16 values, packed16 holds them
     };
     struct Item {
       size_t task;
@@ -63,13 +64,19 @@ class CpuExperts final : public ExpertsBackend {
       for (int64_t r = 0; r < g.w->out_features(); r += cpu::kTileRows) items.push_back({t, r});
     }
     std::vector<float> packed(static_cast<size_t>(packed_len));
+    const bool dot16 = cpu::fp4_bf16_dot_active();
+    std::vector<uint16_t> packed16(dot16 ? static_cast<size_t>(packed_len) : 0);
     const int threads = cpu::choose_threads(bytes, int64_t(items.size()), omp_get_max_threads());
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
       for (size_t t = 0; t < tasks.size(); ++t)
-        if (plans[t].path == cpu::GemmPath::Fused)
-          cpu::fp4_pack_activations(tasks[t].a, tasks[t].n, tasks[t].w->in_features(), packed.data() + plans[t].act_off);
+        if (plans[t].path == cpu::GemmPath::Fused) {
+          const GemmTask& g = tasks[t];
+          const int64_t K = g.w->in_features();
+          plans[t].bf16 = dot16 && cpu::fp4_pack_activations_bf16(g.a, g.n, K, packed16.data() + plans[t].act_off);
+          if (!plans[t].bf16) cpu::fp4_pack_activations(g.a, g.n, K, packed.data() + plans[t].act_off);
+        }
       std::vector<float> wbuf;
 #pragma omp for schedule(dynamic, 1)
       for (size_t i = 0; i < items.size(); ++i) {
@@ -80,8 +87,11 @@ class CpuExperts final : public ExpertsBackend {
           case cpu::GemmPath::Fused: {
             float wa = 1.0f;
             const cpu::Fp4Weight w = fp4_view(*t.w, e, &wa);
-            cpu::fp4_gemv(w, r0, r0 + nr, packed.data() + plans[items[i].task].act_off, t.n, t.a_alpha * wa, t.bias,
-                          t.y, N);
+            const Plan& p = plans[items[i].task];
+            if (p.bf16)
+              cpu::fp4_gemv_bf16(w, r0, r0 + nr, packed16.data() + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
+            else
+              cpu::fp4_gemv(w, r0, r0 + nr, packed.data() + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
             break;
           }
           case cpu::GemmPath::DecodeDot: {

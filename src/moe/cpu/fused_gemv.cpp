@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "moe/cpu/simd_kernels.hpp"
 
@@ -255,6 +256,163 @@ MXK_TARGET void gemv_avx512(const Fp4Weight& w, int64_t r0, int64_t r1, const fl
   }
 }
 
+// ---- AVX512_BF16 dot-product variant -------------------------------------------------------------
+// A 64-byte chunk read as 32 16-bit lanes: nibble s of lane w is element 4w + s. vpermw looks at the
+// low 5 bits of each index, so with the 16-entry bf16 table repeated twice, permutexvar(q >> 4s)
+// decodes elements {4w + s}, and vdpbf16ps pairs lanes 2i, 2i+1: float lane i sums elements 8i + s
+// and 8i + 4 + s, i.e. (over s) the same 8 columns of one block as the float kernel's lane i.
+
+#define MXK_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define MXK_BF16_INLINE MXK_BF16_TARGET inline __attribute__((always_inline))
+
+struct Consts16 {
+  Consts f;
+  __m512i lut, la, lb;  // bf16 tables (16 entries, twice)
+};
+
+MXK_BF16_INLINE __m512 dp(__m512 acc, __m512i w, __m512i a) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)a);
+}
+
+template <class F, int R, int NT>
+MXK_BF16_INLINE void rows_kernel16(const Fp4Weight& w, int64_t j, const uint16_t* ap, int64_t Kp, int64_t ch0,
+                                   int64_t ch1, float* part, const Consts16& k) {
+  const int64_t rb = w.K / 2, nb = w.K / F::block;
+  constexpr bool kSplit = !F::bf16 && R * NT <= 4;
+  __m512 acc[R][NT];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < NT; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t ch = ch0; ch < ch1; ++ch) {
+    const int64_t cb = std::min<int64_t>(64, rb - ch * 64);
+    const __mmask64 bm = cb == 64 ? ~__mmask64(0) : (__mmask64(1) << cb) - 1;
+    __m512i q[R];
+    __m512 s1[R], s3[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* cp = w.codes + (j + r) * rb + ch * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(cp + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w.scales + (j + r) * nb + ch * (128 / F::block) +
+                                                 kPrefetchBytes * 2 / F::block),
+                   _MM_HINT_T0);
+      q[r] = _mm512_maskz_loadu_epi8(bm, cp);
+      const __m512 sc = scale_vec<F>(w.scales + (j + r) * nb, ch, nb, k.f);
+      if constexpr (F::bf16) {
+        const __m512 mlt = _mm512_div_ps(sc, k.f.gs);
+        s1[r] = round_bf16_v(mlt);
+        s3[r] = round_bf16_v(_mm512_mul_ps(mlt, _mm512_set1_ps(1.5f)));
+      } else {
+        s1[r] = sc;
+      }
+    }
+    const uint16_t* a = ap + ch * 128;
+    constexpr int kH = kSplit ? 2 : 1;
+    __m512 pa[R][NT][kH], pb[R][NT];
+    for (int s = 0; s < 4; ++s) {
+      __m512i av[NT];
+      for (int m = 0; m < NT; ++m) av[m] = _mm512_loadu_si512(a + m * Kp + 32 * s);
+      for (int r = 0; r < R; ++r) {
+        const __m512i qs = s == 0 ? q[r] : _mm512_srli_epi16(q[r], 4 * s);
+        const int h = kSplit ? s & 1 : 0;
+        const bool first = s < kH;
+        if constexpr (F::bf16) {
+          const __m512i wa = _mm512_permutexvar_epi16(qs, k.la), wb = _mm512_permutexvar_epi16(qs, k.lb);
+          for (int m = 0; m < NT; ++m) {
+            pa[r][m][0] = dp(first ? _mm512_setzero_ps() : pa[r][m][0], wa, av[m]);
+            pb[r][m] = dp(first ? _mm512_setzero_ps() : pb[r][m], wb, av[m]);
+          }
+        } else {
+          const __m512i wv = _mm512_permutexvar_epi16(qs, k.lut);
+          for (int m = 0; m < NT; ++m) pa[r][m][h] = dp(first ? _mm512_setzero_ps() : pa[r][m][h], wv, av[m]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < NT; ++m) {
+        if constexpr (F::bf16) {
+          acc[r][m] = _mm512_fmadd_ps(pa[r][m][0], s1[r], _mm512_fmadd_ps(pb[r][m], s3[r], acc[r][m]));
+        } else {
+          const __m512 ps = kSplit ? _mm512_add_ps(pa[r][m][0], pa[r][m][kH - 1]) : pa[r][m][0];
+          acc[r][m] = _mm512_fmadd_ps(ps, s1[r], acc[r][m]);
+        }
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < NT; ++m) part[r * 8 + m] += _mm512_reduce_add_ps(acc[r][m]);
+}
+
+template <class F, int NT>
+MXK_BF16_TARGET void rows_loop16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t Kp,
+                                 float alpha, const float* bias, float* y, int64_t ldy, const Consts16& k) {
+  constexpr int R = (NT == 1 || !F::bf16) ? 4 : 2;
+  constexpr int64_t kSlabChunks = std::max<int64_t>(1, 16384 / (NT * 2 * 128));
+  float part[kRowStep * 8] = {};
+  const int64_t nch = Kp / 128;
+  for (int64_t c0 = 0; c0 < nch; c0 += kSlabChunks) {
+    const int64_t c1 = std::min(nch, c0 + kSlabChunks);
+    int64_t j = r0;
+    for (; j + R <= r1; j += R) rows_kernel16<F, R, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
+    for (; j < r1; ++j) rows_kernel16<F, 1, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
+  }
+  for (int64_t j = r0; j < r1; ++j)
+    for (int m = 0; m < NT; ++m) y[m * ldy + j] = part[(j - r0) * 8 + m] * alpha + (bias ? bias[j] : 0.0f);
+}
+
+template <class F>
+MXK_BF16_TARGET void gemv16_avx512(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n,
+                                   float alpha, const float* bias, float* y, int64_t ldy) {
+  const float* lut = decode_table(Encoding::E2M1);
+  Consts16 k;
+  alignas(64) uint16_t t[3][32];
+  for (int c = 0; c < 32; ++c) {
+    const float v = lut[c % 16], mag = v < 0 ? -v : v;
+    const bool three = mag == 1.5f || mag == 3.0f || mag == 6.0f;
+    t[0][c] = f32_to_bf16(v);  // e2m1 values are exact in bf16
+    t[1][c] = f32_to_bf16(three ? 0.0f : v);
+    t[2][c] = f32_to_bf16(three ? v / 1.5f : 0.0f);
+  }
+  k.lut = _mm512_load_si512(t[0]), k.la = _mm512_load_si512(t[1]), k.lb = _mm512_load_si512(t[2]);
+  k.f.sidx = F::block == 16 ? _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)
+                            : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  k.f.gs = _mm512_set1_ps(w.gs);
+  const int64_t Kp = fp4_act_stride(w.K);
+  for (int64_t j0 = r0; j0 < r1; j0 += kRowStep) {
+    const int64_t j1 = std::min(r1, j0 + kRowStep);
+    for (int64_t m0 = 0; m0 < n; m0 += 2) {
+      if (n - m0 >= 2) rows_loop16<F, 2>(w, j0, j1, ap + m0 * Kp, Kp, alpha, bias, y + m0 * ldy, ldy, k);
+      else rows_loop16<F, 1>(w, j0, j1, ap + m0 * Kp, Kp, alpha, bias, y + m0 * ldy, ldy, k);
+    }
+  }
+}
+
+// Column c of a row in the bf16 activation layout.
+inline int64_t packed_pos16(int64_t c) { return c / 128 * 128 + 32 * (c % 4) + (c % 128) / 4; }
+
+void gemv16_scalar(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+                   const float* bias, float* y, int64_t ldy) {
+  const float* lut = decode_table(Encoding::E2M1);
+  const float* st = decode_table(w.scale);
+  const int64_t rb = w.K / 2, nb = w.K / w.block, Kp = fp4_act_stride(w.K);
+  for (int64_t j = r0; j < r1; ++j)
+    for (int64_t m = 0; m < n; ++m) {
+      float acc = 0;
+      for (int64_t c = 0; c < w.K; ++c) {
+        const uint8_t b = w.codes[j * rb + c / 2];
+        const uint8_t s = w.scales[j * nb + c / w.block];
+        float v = lut[c % 2 ? b >> 4 : b & 0xf] * (w.gs > 0 ? st[s] / w.gs : st[s]);
+        if (w.gs > 0) v = rne_bf16(v);
+        acc += bf16_to_f32(ap[m * Kp + packed_pos16(c)]) * v;
+      }
+      y[m * ldy + j] = acc * alpha + (bias ? bias[j] : 0.0f);
+    }
+}
+
+bool cpu_has_bf16() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return ok;
+}
+
 }  // namespace
 
 void fp4_gemv(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64_t n, float alpha,
@@ -271,6 +429,43 @@ void fp4_gemv(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64
       return gemv_avx512<Fmt<32, false, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
   }
   gemv_scalar(w, r0, r1, ap, n, alpha, bias, y, ldy);
+}
+
+bool fp4_bf16_dot_active() { return simd_active() && cpu_has_bf16(); }
+
+bool fp4_pack_activations_bf16(const float* a, int64_t n, int64_t K, uint16_t* ap) {
+  const int64_t Kp = fp4_act_stride(K);
+  for (int64_t m = 0; m < n; ++m) {
+    const float* src = a + m * K;
+    uint16_t* dst = ap + m * Kp;
+    for (int64_t c0 = 0; c0 < Kp; c0 += 128)
+      for (int s = 0; s < 4; ++s)
+        for (int wl = 0; wl < 32; ++wl) {
+          const int64_t c = c0 + 4 * wl + s;
+          const float v = c < K ? src[c] : 0.0f;
+          uint32_t u;
+          std::memcpy(&u, &v, 4);
+          const float mag = v < 0 ? -v : v;
+          if ((u & 0xffffu) != 0 || (v != 0 && !(mag >= 0x1p-64f && mag <= 0x1p64f))) return false;
+          dst[c0 + 32 * s + wl] = uint16_t(u >> 16);
+        }
+  }
+  return true;
+}
+
+void fp4_gemv_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+                   const float* bias, float* y, int64_t ldy, bool allow_simd) {
+  if (r1 <= r0 || n <= 0) return;
+  const bool daz = (_mm_getcsr() & 0x0040) != 0;
+  if (allow_simd && fp4_bf16_dot_active() && !daz && w.K % 16 == 0) {
+    if (w.block == 16 && w.scale == Encoding::UE4M3) {
+      if (w.gs > 0) return gemv16_avx512<Fmt<16, true, true>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+      return gemv16_avx512<Fmt<16, true, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+    }
+    if (w.block == 32 && w.scale == Encoding::UE8M0 && w.gs <= 0)
+      return gemv16_avx512<Fmt<32, false, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+  }
+  gemv16_scalar(w, r0, r1, ap, n, alpha, bias, y, ldy);
 }
 
 }  // namespace mxmoe::moe::cpu

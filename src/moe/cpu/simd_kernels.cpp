@@ -6,6 +6,7 @@
 // GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized in target() functions.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 

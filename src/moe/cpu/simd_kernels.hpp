@@ -53,4 +53,19 @@ void fp4_pack_activations(const float* a, int64_t n, int64_t K, float* ap);
 void fp4_gemv(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64_t n, float alpha,
               const float* bias, float* y, int64_t ldy, bool allow_simd = true);
 
+// ---- the same with AVX512_BF16 dot products (vdpbf16ps: 32 products per instruction) -------------
+// For activations that are exactly bf16 values: vllm mode (rounded to bf16 by the recipe), exact
+// mode with quantized activations (FP4/FP6/FP8/INT8 times a block scale has at most 8 significant
+// bits), and GEMM1 of a16 (bf16 hidden states). Layout: rows padded to fp4_act_stride(K); inside
+// each 128-column chunk, column 4w + s is stored at 32s + w (w < 32, s < 4). Returns false (ap then
+// unspecified) when a value is not exactly a bf16 or a nonzero one lies outside [2^-64, 2^64]: the
+// instruction flushes denormals, and this range keeps every product and partial sum normal.
+bool fp4_pack_activations_bf16(const float* a, int64_t n, int64_t K, uint16_t* ap);
+bool fp4_bf16_dot_active();  // AVX512_BF16 present and SIMD not forced off
+// As fp4_gemv, activations in the bf16 layout. SIMD: per lane (8 consecutive columns of one block)
+// the products are summed in float32 (exact when all 8 share one activation block scale: W4A4
+// exact mode), times the block scale, then accumulated over chunks and reduced by a tree.
+void fp4_gemv_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+                   const float* bias, float* y, int64_t ldy, bool allow_simd = true);
+
 }  // namespace mxmoe::moe::cpu
