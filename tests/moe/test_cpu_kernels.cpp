@@ -111,6 +111,32 @@ TEST(CpuKernels, PackedActivationLayout) {
     }
 }
 
+TEST(CpuKernels, PackedBf16ActivationLayoutSimdAndScalar) {
+  const int64_t K = 16 * 37, Kp = moe::cpu::fp4_act_stride(K);
+  std::mt19937 g(6);
+  std::normal_distribution<float> nd;
+  std::vector<float> a(size_t(3 * K));
+  for (auto& v : a) v = bf16_to_f32(f32_to_bf16(nd(g)));
+  for (bool scalar : {false, true}) {
+    moe::cpu::force_scalar(scalar);
+    std::vector<uint16_t> ap(size_t(3 * Kp), 0xdead);
+    ASSERT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), 3, K, ap.data()));
+    for (int64_t m = 0; m < 3; ++m)
+      for (int64_t c = 0; c < Kp; ++c) {
+        const uint16_t got = ap[size_t(m * Kp + c / 128 * 128 + 32 * (c % 4) + (c % 128) / 4)];
+        ASSERT_EQ(got, c < K ? f32_to_bf16(a[size_t(m * K + c)]) : 0) << scalar << " " << m << " " << c;
+      }
+    // The accepted range is [2^-64, 2^64] in magnitude (and zero), on both paths.
+    std::vector<float> b(size_t(K), 1.0f);
+    std::vector<uint16_t> bp(static_cast<size_t>(Kp));
+    for (auto [v, ok] : {std::pair{0x1p64f, true}, {-0x1p-64f, true}, {0x1p65f, false}, {0x1p-65f, false}}) {
+      b[size_t(K - 1)] = v;
+      EXPECT_EQ(moe::cpu::fp4_pack_activations_bf16(b.data(), 1, K, bp.data()), ok) << scalar << " " << v;
+    }
+    moe::cpu::force_scalar(false);
+  }
+}
+
 struct Fp4Case {
   int block;
   Encoding scale;

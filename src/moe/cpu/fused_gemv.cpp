@@ -405,6 +405,39 @@ void gemv16_scalar(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* a
     }
 }
 
+// One 128-column chunk (n_valid columns) of a row into the bf16 layout; false when a value does
+// not pass (see fp4_pack_activations_bf16).
+MXK_TARGET bool pack16_chunk_avx512(const float* src, int64_t n_valid, uint16_t* dst) {
+  __m512i v[8];
+  __m512i low = _mm512_setzero_si512();
+  __mmask16 bad = 0;
+  const __m512i lo = _mm512_set1_epi32(0x1f800000), span = _mm512_set1_epi32(0x5f800000 - 0x1f800000);
+  for (int i = 0; i < 8; ++i) {
+    const int64_t left = n_valid - 16 * i;
+    const __mmask16 m = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+    v[i] = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, src + 16 * i));
+    low = _mm512_or_si512(low, v[i]);
+    const __m512i mag = _mm512_and_si512(v[i], _mm512_set1_epi32(0x7fffffff));
+    bad |= _mm512_mask_cmpgt_epu32_mask(_mm512_test_epi32_mask(mag, mag), _mm512_sub_epi32(mag, lo), span);
+  }
+  if (bad || _mm512_test_epi32_mask(low, _mm512_set1_epi32(0xffff))) return false;
+  // nat[k] word i = top half of column 32k + i.
+  __m512i odd_idx = _mm512_setzero_si512();
+  alignas(64) uint16_t idx[32];
+  for (int i = 0; i < 32; ++i) idx[i] = uint16_t(2 * i + 1);
+  odd_idx = _mm512_load_si512(idx);
+  __m512i nat[4];
+  for (int k = 0; k < 4; ++k) nat[k] = _mm512_permutex2var_epi16(v[2 * k], odd_idx, v[2 * k + 1]);
+  for (int s = 0; s < 4; ++s) {
+    for (int w = 0; w < 32; ++w) idx[w] = uint16_t((4 * w + s) & 63);
+    const __m512i sel = _mm512_load_si512(idx);
+    const __m512i a = _mm512_permutex2var_epi16(nat[0], sel, nat[1]);  // w < 16: columns 4w + s
+    const __m512i b = _mm512_permutex2var_epi16(nat[2], sel, nat[3]);  // w < 16: columns 64 + 4w + s
+    _mm512_storeu_si512(dst + 32 * s, _mm512_inserti64x4(a, _mm512_castsi512_si256(b), 1));
+  }
+  return true;
+}
+
 bool cpu_has_bf16() {
   static const bool ok = [] {
     __builtin_cpu_init();
@@ -435,10 +468,15 @@ bool fp4_bf16_dot_active() { return simd_active() && cpu_has_bf16(); }
 
 bool fp4_pack_activations_bf16(const float* a, int64_t n, int64_t K, uint16_t* ap) {
   const int64_t Kp = fp4_act_stride(K);
+  const bool simd = simd_active();
   for (int64_t m = 0; m < n; ++m) {
     const float* src = a + m * K;
     uint16_t* dst = ap + m * Kp;
-    for (int64_t c0 = 0; c0 < Kp; c0 += 128)
+    for (int64_t c0 = 0; c0 < Kp; c0 += 128) {
+      if (simd) {
+        if (!pack16_chunk_avx512(src + c0, std::min<int64_t>(128, K - c0), dst + c0)) return false;
+        continue;
+      }
       for (int s = 0; s < 4; ++s)
         for (int wl = 0; wl < 32; ++wl) {
           const int64_t c = c0 + 4 * wl + s;
@@ -449,6 +487,7 @@ bool fp4_pack_activations_bf16(const float* a, int64_t n, int64_t K, uint16_t* a
           if ((u & 0xffffu) != 0 || (v != 0 && !(mag >= 0x1p-64f && mag <= 0x1p64f))) return false;
           dst[c0 + 32 * s + wl] = uint16_t(u >> 16);
         }
+    }
   }
   return true;
 }
