@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "moe/cpu/heuristics.hpp"
@@ -63,9 +64,19 @@ class CpuExperts final : public ExpertsBackend {
       bytes += weight_bytes(*g.w);
       for (int64_t r = 0; r < g.w->out_features(); r += cpu::kTileRows) items.push_back({t, r});
     }
-    std::vector<float> packed(static_cast<size_t>(packed_len));
+    // Packed activations live in per-calling-thread buffers that only grow: no allocation (and no
+    // page faults) per call once warm. Only the layout a task uses is written.
     const bool dot16 = cpu::fp4_bf16_dot_active();
-    std::vector<uint16_t> packed16(dot16 ? static_cast<size_t>(packed_len) : 0);
+    thread_local std::unique_ptr<float[]> packed_buf;
+    thread_local std::unique_ptr<uint16_t[]> packed16_buf;
+    thread_local int64_t packed_cap = 0;
+    if (packed_len > packed_cap) {
+      packed_buf.reset(new float[size_t(packed_len)]);  // uninitialized on purpose
+      packed16_buf.reset(new uint16_t[size_t(packed_len)]);
+      packed_cap = packed_len;
+    }
+    float* const packed = packed_buf.get();
+    uint16_t* const packed16 = packed16_buf.get();
     const int threads = cpu::choose_threads(bytes, int64_t(items.size()), omp_get_max_threads());
 #pragma omp parallel num_threads(threads)
     {
@@ -74,10 +85,10 @@ class CpuExperts final : public ExpertsBackend {
         if (plans[t].path == cpu::GemmPath::Fused) {
           const GemmTask& g = tasks[t];
           const int64_t K = g.w->in_features();
-          plans[t].bf16 = dot16 && cpu::fp4_pack_activations_bf16(g.a, g.n, K, packed16.data() + plans[t].act_off);
-          if (!plans[t].bf16) cpu::fp4_pack_activations(g.a, g.n, K, packed.data() + plans[t].act_off);
+          plans[t].bf16 = dot16 && cpu::fp4_pack_activations_bf16(g.a, g.n, K, packed16 + plans[t].act_off);
+          if (!plans[t].bf16) cpu::fp4_pack_activations(g.a, g.n, K, packed + plans[t].act_off);
         }
-      std::vector<float> wbuf;
+      thread_local std::vector<float> wbuf;  // per OpenMP worker, grows only
 #pragma omp for schedule(dynamic, 1)
       for (size_t i = 0; i < items.size(); ++i) {
         const GemmTask& t = tasks[items[i].task];
@@ -89,9 +100,9 @@ class CpuExperts final : public ExpertsBackend {
             const cpu::Fp4Weight w = fp4_view(*t.w, e, &wa);
             const Plan& p = plans[items[i].task];
             if (p.bf16)
-              cpu::fp4_gemv_bf16(w, r0, r0 + nr, packed16.data() + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
+              cpu::fp4_gemv_bf16(w, r0, r0 + nr, packed16 + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
             else
-              cpu::fp4_gemv(w, r0, r0 + nr, packed.data() + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
+              cpu::fp4_gemv(w, r0, r0 + nr, packed + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
             break;
           }
           case cpu::GemmPath::DecodeDot: {
