@@ -7,11 +7,14 @@
 
 #include <cmath>
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "moe/cpu/simd_kernels.hpp"
+#include "moe/cpu/work_pool.hpp"
 #include "mxmoe/moe/layer.hpp"
 #include "quant/cpu/quant_cpu.hpp"
 #include "test_util.hpp"
@@ -277,6 +280,22 @@ TEST(CpuKernels, Fp4GemvNaNScalePropagates) {
       EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[2]) && std::isfinite(y[3])) << "bf16 " << simd;
     }
   }
+}
+
+// Every index exactly once, from the caller and helpers, across many back-to-back jobs (helpers
+// that wake late must not touch a finished job), and from concurrent callers.
+TEST(CpuKernels, WorkPoolRunsEveryItemOnce) {
+  auto run_many = [](int seed) {
+    for (int rep = 0; rep < 300; ++rep) {
+      const int64_t n = 1 + (rep * 37 + seed) % 97;
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      moe::cpu::parallel_items(n, 1 + rep % 4, [&](int64_t i) { hits[size_t(i)].fetch_add(1); });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[size_t(i)].load(), 1) << rep << " " << i;
+    }
+  };
+  std::thread other(run_many, 5);
+  run_many(1);
+  other.join();
 }
 
 // The portable path a CPU without AVX-512 takes (both this backend's kernels and the quantizers).

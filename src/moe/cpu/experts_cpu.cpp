@@ -1,17 +1,21 @@
 // CPU grouped GEMM: only experts with tokens are touched. Each task takes one of three paths
 // (heuristics.hpp): FP4 weights with few tokens per expert run the fused decode+FMA kernel
 // (fp4_gemv); other few-token tasks decode 16 weight rows at a time into an L1 buffer and take dot
-// products; many-token tasks decode a 64-row tile to float32 and call OpenBLAS sgemm. Threads take
-// (expert, row tile) items from one shared list.
+// products; many-token tasks decode a 64-row tile to float32 and call OpenBLAS sgemm. Threads (the
+// caller and work_pool helpers; OMP_NUM_THREADS sets the count) take (expert, row tile) items from one
+// shared list.
 #include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "moe/cpu/heuristics.hpp"
 #include "moe/cpu/simd_kernels.hpp"
+#include "moe/cpu/work_pool.hpp"
 #include "moe/experts.hpp"
 
 extern "C" void openblas_set_num_threads(int);
@@ -78,19 +82,28 @@ class CpuExperts final : public ExpertsBackend {
     float* const packed = packed_buf.get();
     uint16_t* const packed16 = packed16_buf.get();
     const int threads = cpu::choose_threads(bytes, int64_t(items.size()), omp_get_max_threads());
-#pragma omp parallel num_threads(threads)
-    {
-#pragma omp for schedule(static)
-      for (size_t t = 0; t < tasks.size(); ++t)
-        if (plans[t].path == cpu::GemmPath::Fused) {
-          const GemmTask& g = tasks[t];
-          const int64_t K = g.w->in_features();
-          plans[t].bf16 = dot16 && cpu::fp4_pack_activations_bf16(g.a, g.n, K, packed16 + plans[t].act_off);
-          if (!plans[t].bf16) cpu::fp4_pack_activations(g.a, g.n, K, packed + plans[t].act_off);
-        }
-      thread_local std::vector<float> wbuf;  // per OpenMP worker, grows only
-#pragma omp for schedule(dynamic, 1)
-      for (size_t i = 0; i < items.size(); ++i) {
+    // Items are claimed from an atomic counter by the caller and pool helpers (work_pool.hpp: the
+    // caller never waits for a helper that has not started), and a task's activations are packed by
+    // the first thread that reaches one of its items (others wait for that one, which is running).
+    std::unique_ptr<std::atomic<int>[]> pack_state(new std::atomic<int>[tasks.size()]);  // 0 todo, 1 busy, 2 done
+    for (size_t t = 0; t < tasks.size(); ++t) pack_state[t].store(0, std::memory_order_relaxed);
+    auto ensure_packed = [&](size_t t) {
+      if (pack_state[t].load(std::memory_order_acquire) == 2) return;
+      int expect = 0;
+      if (pack_state[t].compare_exchange_strong(expect, 1, std::memory_order_acq_rel)) {
+        const GemmTask& g = tasks[t];
+        const int64_t K = g.w->in_features();
+        plans[t].bf16 = dot16 && cpu::fp4_pack_activations_bf16(g.a, g.n, K, packed16 + plans[t].act_off);
+        if (!plans[t].bf16) cpu::fp4_pack_activations(g.a, g.n, K, packed + plans[t].act_off);
+        pack_state[t].store(2, std::memory_order_release);
+        return;
+      }
+      while (pack_state[t].load(std::memory_order_acquire) != 2) std::this_thread::yield();
+    };
+    cpu::parallel_items(int64_t(items.size()), threads, [&](int64_t ii) {
+        const size_t i = size_t(ii);
+        thread_local std::vector<float> wbuf;  // per thread, grows only
+        if (plans[items[i].task].path == cpu::GemmPath::Fused) ensure_packed(items[i].task);
         const GemmTask& t = tasks[items[i].task];
         const int64_t N = t.w->out_features(), K = t.w->in_features(), r0 = items[i].r0;
         const int64_t nr = std::min(cpu::kTileRows, N - r0);
@@ -129,8 +142,7 @@ class CpuExperts final : public ExpertsBackend {
             break;
           }
         }
-      }
-    }
+    });
   }
 };
 
