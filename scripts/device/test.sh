@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA backend on the device machine and checks it: ctest -L cuda, then compute-sanitizer
-# memcheck and racecheck on mxmoe_cuda_tests (device tests only, MXMOE_TEST_QUICK=1). Logs go to
+# memcheck and racecheck on mxmoe_cuda_tests (device tests only, MXMOE_TEST_QUICK=1), once for the
+# quantizers and once for the MoE layer (CudaMoeDevice*). Logs go to
 # $OUT (the device tool's folder; ./out/device elsewhere); a short summary table is printed last.
 #
 # The device image has nvcc, cmake, ninja and a host compiler but not GoogleTest, fmt, nlohmann_json or
@@ -58,7 +59,7 @@ cat "$OUT/env.txt"
 t0=$(date +%s)
 if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DMXMOE_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$ARCHS" \
      -DMXMOE_BENCH=OFF -DMXMOE_TESTS=ON "-DMXMOE_SHARED_DIR=$SHARED" "${PREFIX_ARG[@]}" > "$OUT/build.log" 2>&1 &&
-   cmake --build "$BUILD" -j "$(nproc)" --target mxmoe_cuda_tests bench_quant_cuda >> "$OUT/build.log" 2>&1; then
+   cmake --build "$BUILD" -j "$(nproc)" --target mxmoe_cuda_tests bench_quant_cuda bench_moe_cuda >> "$OUT/build.log" 2>&1; then
   note build ok "$(( $(date +%s) - t0 ))s, archs $ARCHS"
   BUILD_OK=1
 else
@@ -79,17 +80,20 @@ if [ $BUILD_OK = 1 ]; then
   skipped=$(grep -c "\*\*\*Skipped" "$OUT/ctest.log" || true)
   [ "$skipped" = 0 ] || note "  skipped" "-" "$skipped (see ctest.log)"
 
-  for tool in memcheck racecheck; do
-    t0=$(date +%s)
-    extra=(); [ $tool = memcheck ] && extra=(--leak-check full)
-    MXMOE_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool "${extra[@]}" --error-exitcode 97 \
-      "$BUILD/mxmoe_cuda_tests" --gtest_filter='*Device*' --gtest_brief=1 > "$OUT/$tool.log" 2>&1
-    rc=$?
-    errs=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -1)
-    gt=$(grep -E "^\[  (PASSED|FAILED)  \]" "$OUT/$tool.log" | tr '\n' ' ')
-    case $rc in 0) s=ok ;; 124) s=TIME ;; *) s=FAIL ;; esac
-    note "sanitizer $tool" "$s" "${errs:-no summary} ${gt}($(( $(date +%s) - t0 ))s)"
-    [ $rc = 0 ] || { STATUS=1; tail -25 "$OUT/$tool.log"; }
+  for part in quant moe; do
+    if [ $part = quant ]; then filter='*Device*:-*MoeDevice*'; else filter='*MoeDevice*'; fi
+    for tool in memcheck racecheck; do
+      t0=$(date +%s)
+      extra=(); [ $tool = memcheck ] && extra=(--leak-check full)
+      MXMOE_TEST_QUICK=1 timeout "${SAN_TIMEOUT:-200}" compute-sanitizer --tool $tool "${extra[@]}" --error-exitcode 97 \
+        "$BUILD/mxmoe_cuda_tests" --gtest_filter="$filter" --gtest_brief=1 > "$OUT/$tool-$part.log" 2>&1
+      rc=$?
+      errs=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool-$part.log" | tail -1)
+      gt=$(grep -E "^\[  (PASSED|FAILED)  \]" "$OUT/$tool-$part.log" | tr '\n' ' ')
+      case $rc in 0) s=ok ;; 124) s=TIME ;; *) s=FAIL ;; esac
+      note "san $tool $part" "$s" "${errs:-no summary} ${gt}($(( $(date +%s) - t0 ))s)"
+      [ $rc = 0 ] || { STATUS=1; tail -25 "$OUT/$tool-$part.log"; }
+    done
   done
 else
   STATUS=1

@@ -9,6 +9,9 @@
 #include "moe/experts.hpp"
 #include "mxmoe/error.hpp"
 #include "mxmoe/moe/permute.hpp"
+#ifdef MXMOE_HAVE_CUDA
+#include "mxmoe/moe/cuda_moe.hpp"
+#endif
 
 namespace mxmoe::moe {
 
@@ -105,12 +108,27 @@ MoeResult run_moe(const MoeLayer& l, const Tensor& hs, const MoeOptions& o) {
   const int64_t T = hs.shape[0], H = l.hidden;
   const int k = l.router.top_k, E = l.num_experts;
   MoeResult r;
+#ifdef MXMOE_HAVE_CUDA
+  // CUDA backend (src/moe/cuda): requested, or picked by auto when a device is usable and supports the layer.
+  std::string cuda_why;
+  const bool use_cuda = o.backend == Backend::Cuda || (o.backend == Backend::Auto && cuda_moe_available(l, o, &cuda_why));
+  if (use_cuda) r.backend = o.backend == Backend::Cuda ? "cuda (requested)" : "cuda (auto: a CUDA device is usable and supports this layer)";
+  const ExpertsBackend& be = use_cuda ? ref_experts() : pick_backend(l, o, r.backend);
+  if (!use_cuda && o.backend == Backend::Auto) r.backend = "cpu (auto: cuda not used: " + cuda_why + "; cpu supports every scheme and mode)";
+#else
   const ExpertsBackend& be = pick_backend(l, o, r.backend);
+#endif
 
   std::vector<float> x(size_t(T * H));
   to_f32(hs.data.data(), hs.dtype, T * H, x.data());
   for (int64_t i = 0; i < T * H; ++i)
     MXMOE_CHECK(std::isfinite(x[size_t(i)]), "hidden_states: non-finite value at token {}, column {}", i / H, i % H);
+#ifdef MXMOE_HAVE_CUDA
+  if (use_cuda) {
+    run_moe_cuda(l, hs, o, r);
+    return r;
+  }
+#endif
 
   Tensor logits = router_logits(l, x.data(), T);
   r.topk_ids = Tensor(DType::I32, {T, k});

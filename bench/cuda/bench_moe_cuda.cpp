@@ -1,0 +1,160 @@
+// CUDA MoE layer benchmark: one synthetic layer of a real model's shape per scheme, forward for
+// T tokens captured in a CUDA graph (one graph per rotating input set), median of CUDA-event timings.
+// Prints one line per (shape, scheme, mode, T) with the roofline floor (touched packed weights +
+// activations at the measured copy bandwidth, GEMM FLOPs at the bf16 tensor-core rate).
+//   bench_moe_cuda [--shape qwen3-30b-a3b] [--schemes a,b] [--tokens 1,64,4096] [--bw GB/s] [--tflops N]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "mxmoe/cuda.hpp"
+#include "mxmoe/moe/cuda_moe.hpp"
+#include "mxmoe/moe/layer.hpp"
+
+using namespace mxmoe;
+using namespace mxmoe::moe;
+
+namespace {
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  for (std::string x; std::getline(ss, x, ',');) v.push_back(x);
+  return v;
+}
+
+double measure_copy_bw() {  // device-to-device copy, bytes read + written
+  const size_t n = size_t(1) << 30;
+  void *a, *b;
+  MXMOE_CUDA_CHECK(cudaMalloc(&a, n));
+  MXMOE_CUDA_CHECK(cudaMalloc(&b, n));
+  MXMOE_CUDA_CHECK(cudaMemset(a, 1, n));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  std::vector<float> ms;
+  for (int i = 0; i < 8; ++i) {
+    cudaEventRecord(e0);
+    MXMOE_CUDA_CHECK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float m;
+    cudaEventElapsedTime(&m, e0, e1);
+    ms.push_back(m);
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaFree(a), cudaFree(b);
+  return 2.0 * n / (ms[ms.size() / 2] * 1e-3);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string shape = "qwen3-30b-a3b", schemes = "w_nvfp4_a_nvfp4,w_mxfp4_a_mxfp4,w_nvfp4_a16", tokens = "1,64,4096";
+  std::string modes = "vllm,exact";
+  double tflops = 790;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--shape") shape = v;
+    else if (k == "--schemes") schemes = v;
+    else if (k == "--tokens") tokens = v;
+    else if (k == "--modes") modes = v;
+    else if (k == "--tflops") tflops = std::stod(v);
+  }
+  std::string why;
+  if (!mxmoe::cuda::cuda_available(&why)) {
+    std::printf("no CUDA device (%s)\n", why.c_str());
+    return 0;
+  }
+  const double bw = measure_copy_bw();
+  std::printf("copy bandwidth %.0f GB/s, bf16 rate assumed %.0f TFLOP/s\n", bw / 1e9, tflops);
+  const SyntheticShape sh = synthetic_shape(shape);
+  std::vector<int64_t> Ts;
+  for (auto& t : split(tokens)) Ts.push_back(std::stoll(t));
+  const int64_t maxT = *std::max_element(Ts.begin(), Ts.end());
+  std::printf("%-14s %-18s %-6s %6s %10s %10s %8s %8s\n", "shape", "scheme", "mode", "T", "us", "floor_us", "x_floor",
+              "experts");
+  for (const auto& sname : split(schemes)) {
+    const MoeScheme& s = parse_moe_scheme(sname);
+    MoeLayer l = synthetic_layer(sh, s, 1);
+    if (s.act == ActQuant::Block && traits(s.act_scheme).tensor_scale)
+      for (int e = 0; e < l.num_experts; ++e) l.w13[size_t(e)].input_scale = 4.0f / 2688, l.w2[size_t(e)].input_scale = 1.0f / 2688;
+    CudaMoeLayer dev(l, maxT);
+    const int64_t H = l.hidden, I = l.inter;
+    const int k = l.router.top_k;
+    // packed bytes of one expert (w13 + w2 codes and scales)
+    auto proj_bytes = [&](const ExpertLinear& w) {
+      return w.packed ? double(w.packed->codes.data.size() + w.packed->scales.data.size()) : double(w.dense.data.size());
+    };
+    const double expert_bytes = proj_bytes(l.w13[0]) + proj_bytes(l.w2[0]);
+    constexpr int kSets = 4;
+    void* x[kSets];
+    float *out, *w;
+    int32_t* ids;
+    std::mt19937 rng(1);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    std::vector<uint16_t> hx(size_t(maxT * H));
+    for (auto& xx : x) {
+      for (auto& v : hx) v = f32_to_bf16(nd(rng));
+      MXMOE_CUDA_CHECK(cudaMalloc(&xx, hx.size() * 2));
+      MXMOE_CUDA_CHECK(cudaMemcpy(xx, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+    }
+    MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&out), size_t(maxT * H) * 4));
+    MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&w), size_t(maxT * k) * 4));
+    MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ids), size_t(maxT * k) * 4));
+    cudaStream_t st;
+    MXMOE_CUDA_CHECK(cudaStreamCreate(&st));
+    for (const auto& mname : split(modes)) {
+      const Emulation em = parse_emulation(mname);
+      for (int64_t T : Ts) {
+        cudaGraphExec_t ge[kSets];
+        for (int i = 0; i < kSets; ++i) {
+          cudaGraph_t g;
+          MXMOE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+          dev.forward(x[i], T, em, out, ids, w, st);
+          MXMOE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+          MXMOE_CUDA_CHECK(cudaGraphInstantiate(&ge[i], g, 0));
+          cudaGraphDestroy(g);
+        }
+        const int reps = T <= 64 ? 20 : 3;
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0), cudaEventCreate(&e1);
+        for (int i = 0; i < 3 * kSets; ++i) MXMOE_CUDA_CHECK(cudaGraphLaunch(ge[i % kSets], st));
+        std::vector<float> ms;
+        for (int it = 0; it < 25; ++it) {
+          cudaEventRecord(e0, st);
+          for (int r = 0; r < reps; ++r) MXMOE_CUDA_CHECK(cudaGraphLaunch(ge[(it * reps + r) % kSets], st));
+          cudaEventRecord(e1, st);
+          MXMOE_CUDA_CHECK(cudaEventSynchronize(e1));
+          float m;
+          cudaEventElapsedTime(&m, e0, e1);
+          ms.push_back(m / reps);
+        }
+        std::sort(ms.begin(), ms.end());
+        const double us = ms[ms.size() / 2] * 1e3;
+        // experts touched by the last input set
+        std::vector<int32_t> hid(size_t(T * k));
+        MXMOE_CUDA_CHECK(cudaMemcpy(hid.data(), ids, hid.size() * 4, cudaMemcpyDeviceToHost));
+        const std::set<int32_t> touched(hid.begin(), hid.end());
+        const double bytes = touched.size() * expert_bytes + double(T * H) * (2 + 4);
+        const double flops = 2.0 * double(T * k) * (2.0 * I * H + double(I) * H);
+        const double floor_us = std::max(bytes / bw, flops / (tflops * 1e12)) * 1e6;
+        std::printf("%-14s %-18s %-6s %6lld %10.1f %10.1f %8.2f %8zu\n", shape.c_str(), sname.c_str(), mname.c_str(),
+                    (long long)T, us, floor_us, us / floor_us, touched.size());
+        std::fflush(stdout);
+        for (auto& g : ge) cudaGraphExecDestroy(g);
+        cudaEventDestroy(e0), cudaEventDestroy(e1);
+      }
+    }
+    for (auto& xx : x) cudaFree(xx);
+    cudaFree(out), cudaFree(w), cudaFree(ids);
+    cudaStreamDestroy(st);
+  }
+  return 0;
+}

@@ -1,0 +1,382 @@
+// CudaMoeLayer: upload of a host MoeLayer and the forward pass on one stream (see cuda_moe.hpp).
+#include "mxmoe/moe/cuda_moe.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "moe/cuda/moe_kernels.hpp"
+#include "mxmoe/cuda.hpp"
+#include "mxmoe/error.hpp"
+#include "mxmoe/format.hpp"
+
+namespace mxmoe::moe {
+namespace {
+
+namespace k = mxmoe::moe::cuda;
+
+// One device allocation (freed in the destructor).
+struct DevMem {
+  void* p = nullptr;
+  size_t n = 0;
+  DevMem() = default;
+  DevMem(const DevMem&) = delete;
+  DevMem& operator=(const DevMem&) = delete;
+  ~DevMem() {
+    if (p) cudaFree(p);
+  }
+  void alloc(size_t bytes) {
+    n = std::max<size_t>(bytes, 16);
+    MXMOE_CUDA_CHECK(cudaMalloc(&p, n));
+  }
+  void upload(const void* src, size_t bytes) {
+    alloc(bytes);
+    if (bytes) MXMOE_CUDA_CHECK(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
+  }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+k::WKind weight_kind(const MoeScheme& s) {
+  if (!s.weight_quantized) return k::WKind::BF16;
+  switch (s.weight) {
+    case Scheme::NVFP4: return k::WKind::NVFP4;
+    case Scheme::MXFP4: return k::WKind::MXFP4;
+    case Scheme::MXFP6_E2M3: return k::WKind::MXFP6_E2M3;
+    case Scheme::MXFP6_E3M2: return k::WKind::MXFP6_E3M2;
+    case Scheme::MXFP8_E4M3: return k::WKind::MXFP8_E4M3;
+    default: MXMOE_THROW("CUDA MoE: weight scheme {} is not supported", traits(s.weight).name);
+  }
+}
+
+k::AQ act_kind(const MoeScheme& s) {
+  if (s.act == ActQuant::None) return k::AQ::None;
+  if (s.act == ActQuant::FP8Tensor) return k::AQ::FP8;
+  switch (s.act_scheme) {
+    case Scheme::NVFP4: return k::AQ::NVFP4;
+    case Scheme::MXFP4: return k::AQ::MXFP4;
+    case Scheme::MXFP6_E2M3: return k::AQ::MXFP6_E2M3;
+    case Scheme::MXFP6_E3M2: return k::AQ::MXFP6_E3M2;
+    default: MXMOE_THROW("CUDA MoE: activation scheme {} is not supported", traits(s.act_scheme).name);
+  }
+}
+
+// Expert weights of one projection kind (w13 or w2), all experts, on the device.
+struct DevProj {
+  DevMem codes, scales, mult_vllm, mult_exact, alpha_vllm, alpha_exact, bias, static_gs_e;
+  int64_t N = 0, K = 0, row_bytes = 0;
+  float vllm_static_gs = 0.0f;  // 1 / max input_scale, or 0 (dynamic)
+
+  void upload(const std::vector<ExpertLinear>& ws, const Tensor& b, const MoeScheme& s, const char* which,
+              std::vector<std::string>& warnings) {
+    const size_t E = ws.size();
+    N = ws[0].out_features(), K = ws[0].in_features();
+    std::vector<float> mv(E * 256, 1.0f), me(E * 256, 1.0f), av(E, 1.0f), ae(E, 1.0f), sgs(E, 0.0f);
+    float lo = INFINITY, hi = 0;
+    for (size_t e = 0; e < E; ++e) {
+      lo = std::min(lo, ws[e].input_scale), hi = std::max(hi, ws[e].input_scale);
+      sgs[e] = ws[e].input_scale > 0 ? 1.0f / ws[e].input_scale : 0.0f;
+    }
+    vllm_static_gs = hi > 0 ? 1.0f / hi : 0.0f;
+    if (hi > 0 && lo != hi && s.act == ActQuant::Block && traits(s.act_scheme).tensor_scale)
+      warnings.push_back(fmt::format("experts disagree on the {} input_scale (min {:g}, max {:g}); the vllm recipe "
+                                     "uses the max for all experts",
+                                     which, lo, hi));
+    if (!s.weight_quantized) {
+      row_bytes = K * 2;
+      std::vector<uint8_t> host(E * size_t(N * K * 2));
+      for (size_t e = 0; e < E; ++e) {
+        const Tensor& d = ws[e].dense;
+        MXMOE_CHECK(d.dtype == DType::BF16, "CUDA MoE: dense expert weights must be BF16 (got {})", dtype_name(d.dtype));
+        std::memcpy(host.data() + e * size_t(N * K * 2), d.data.data(), size_t(N * K * 2));
+      }
+      codes.upload(host.data(), host.size());
+      scales.alloc(16);
+    } else {
+      const auto& st = traits(s.weight);
+      row_bytes = packed_row_bytes(s.weight, K);
+      const int64_t nb = K / st.block;
+      std::vector<uint8_t> hc(E * size_t(N * row_bytes)), hs(E * size_t(N * nb));
+      for (size_t e = 0; e < E; ++e) {
+        const QuantizedTensor& q = *ws[e].packed;
+        std::memcpy(hc.data() + e * size_t(N * row_bytes), q.codes.data.data(), size_t(N * row_bytes));
+        std::memcpy(hs.data() + e * size_t(N * nb), q.scales.data.data(), size_t(N * nb));
+        const float gs = q.params.global_scale;
+        for (int c = 0; c < 256; ++c) {
+          const float sv = decode(st.scale, uint8_t(c));
+          me[e * 256 + size_t(c)] = sv;
+          mv[e * 256 + size_t(c)] = st.tensor_scale ? sv / gs : sv;
+        }
+        if (st.tensor_scale) ae[e] = 1.0f / gs;
+      }
+      codes.upload(hc.data(), hc.size());
+      scales.upload(hs.data(), hs.size());
+    }
+    mult_vllm.upload(mv.data(), mv.size() * 4);
+    mult_exact.upload(me.data(), me.size() * 4);
+    alpha_vllm.upload(av.data(), av.size() * 4);
+    alpha_exact.upload(ae.data(), ae.size() * 4);
+    static_gs_e.upload(sgs.data(), sgs.size() * 4);
+    if (!b.data.empty()) bias.upload(b.data.data(), b.data.size());
+  }
+};
+
+}  // namespace
+
+std::string cuda_moe_unsupported(const MoeLayer& l, Emulation) {
+  const MoeScheme& s = *l.scheme;
+  if (!l.shared_w13.empty()) return "shared experts are not supported on CUDA";
+  if (l.router.kind == RouterKind::SigmoidGroupedTopK) return "router sigmoid_grouped_topk is not supported on CUDA";
+  if (l.num_experts > 512) return fmt::format("{} experts (CUDA routes at most 512)", l.num_experts);
+  if (l.router.top_k > 32) return fmt::format("top_k {} (CUDA supports at most 32)", l.router.top_k);
+  if (l.hidden % 32 != 0 || l.inter % 32 != 0)
+    return fmt::format("hidden {} and intermediate {} must be multiples of 32 on CUDA", l.hidden, l.inter);
+  if (s.weight_quantized) {
+    const Scheme w = s.weight;
+    if (w != Scheme::NVFP4 && w != Scheme::MXFP4 && w != Scheme::MXFP6_E2M3 && w != Scheme::MXFP6_E3M2 &&
+        w != Scheme::MXFP8_E4M3)
+      return fmt::format("weight scheme {} is not supported on CUDA", traits(w).name);
+  } else {
+    for (const auto& w : l.w13)
+      if (w.dense.dtype != DType::BF16) return "dense expert weights must be BF16 on CUDA";
+    for (const auto& w : l.w2)
+      if (w.dense.dtype != DType::BF16) return "dense expert weights must be BF16 on CUDA";
+  }
+  if (s.act == ActQuant::Block && s.act_scheme != Scheme::NVFP4 && s.act_scheme != Scheme::MXFP4 &&
+      s.act_scheme != Scheme::MXFP6_E2M3 && s.act_scheme != Scheme::MXFP6_E3M2)
+    return fmt::format("activation scheme {} is not supported on CUDA", traits(s.act_scheme).name);
+  return {};
+}
+
+bool cuda_moe_available(const MoeLayer& l, const MoeOptions& o, std::string* why) {
+  auto no = [&](std::string r) {
+    if (why) *why = std::move(r);
+    return false;
+  };
+  if (auto r = cuda_moe_unsupported(l, o.emulation); !r.empty()) return no(r);
+  if (!o.expert_map.empty()) return no("expert_map (expert parallelism) is not supported on CUDA");
+  if (o.apply_router_weight_on_input) return no("apply_router_weight_on_input is not supported on CUDA");
+  std::string w;
+  if (!mxmoe::cuda::cuda_available(&w)) return no("no usable CUDA device (" + w + ")");
+  return true;
+}
+
+struct CudaMoeLayer::Impl {
+  int64_t H = 0, I = 0, max_T = 0;
+  int E = 0, topk = 0;
+  const MoeScheme* scheme = nullptr;
+  ScaleRule act_rule = ScaleRule::Even;
+  Rounding act_rounding = Rounding::RNE;
+  RouterConfig router{};
+  ActivationConfig activation{Activation::SiLU};
+  k::WKind wk = k::WKind::NVFP4;
+  k::AQ aq = k::AQ::None;
+  DevProj w13, w2;
+  DevMem gate, gate_bias;
+  // workspace
+  DevMem logits, rowamax, perm_token, row_expert, slot_to_perm, tiles, a1, a2, a2q, y, scratch;
+  int64_t max_words = 0;
+  std::vector<std::string> warnings;
+  size_t bytes = 0;
+
+  // scratch layout (zeroed each forward): [0] amax_x, [1] amax2, [2] num_tiles, [3] pad,
+  // then counts[E], amax1_e[E], amax2_e[E], bitmap[E * words].
+  float* amax_x() const { return scratch.as<float>(); }
+  float* amax2() const { return scratch.as<float>() + 1; }
+  int32_t* num_tiles() const { return scratch.as<int32_t>() + 2; }
+  int32_t* counts() const { return scratch.as<int32_t>() + 4; }
+  float* amax1_e() const { return scratch.as<float>() + 4 + E; }
+  float* amax2_e() const { return scratch.as<float>() + 4 + 2 * E; }
+  uint32_t* bitmap() const { return scratch.as<uint32_t>() + 4 + 3 * E; }
+};
+
+CudaMoeLayer::CudaMoeLayer(const MoeLayer& l, int64_t max_tokens) : impl_(std::make_unique<Impl>()) {
+  l.validate();
+  if (auto r = cuda_moe_unsupported(l, Emulation::VLLM); !r.empty()) MXMOE_THROW("CUDA MoE: {}", r);
+  MXMOE_CHECK(max_tokens >= 0, "CUDA MoE: max_tokens must be >= 0 (got {})", max_tokens);
+  std::string why;
+  MXMOE_CHECK(mxmoe::cuda::cuda_available(&why), "CUDA MoE: no usable CUDA device ({})", why);
+  Impl& m = *impl_;
+  m.H = l.hidden, m.I = l.inter, m.E = l.num_experts, m.topk = l.router.top_k, m.max_T = max_tokens;
+  m.scheme = l.scheme, m.act_rule = l.act_rule, m.act_rounding = l.act_rounding, m.router = l.router;
+  m.activation = l.activation;
+  m.wk = weight_kind(*l.scheme), m.aq = act_kind(*l.scheme);
+  m.w13.upload(l.w13, l.b13, *l.scheme, "w13", m.warnings);
+  m.w2.upload(l.w2, l.b2, *l.scheme, "w2", m.warnings);
+  std::vector<float> g(size_t(m.E * m.H));
+  to_f32(l.gate.data.data(), l.gate.dtype, m.E * m.H, g.data());
+  m.gate.upload(g.data(), g.size() * 4);
+  if (!l.gate_bias.data.empty()) {
+    std::vector<float> gb(size_t(m.E));
+    to_f32(l.gate_bias.data.data(), l.gate_bias.dtype, m.E, gb.data());
+    m.gate_bias.upload(gb.data(), gb.size() * 4);
+  }
+  const int64_t T = std::max<int64_t>(max_tokens, 1), P = T * m.topk;
+  m.max_words = (T + 31) / 32;
+  m.logits.alloc(size_t(T * m.E) * 4);
+  m.rowamax.alloc(size_t(T) * 4);
+  m.perm_token.alloc(size_t(P) * 4);
+  m.row_expert.alloc(size_t(P) * 4);
+  m.slot_to_perm.alloc(size_t(P) * 4);
+  m.tiles.alloc(size_t(P + m.E) * 16);
+  m.a1.alloc(size_t(P * m.H) * 2);
+  m.a2.alloc(size_t(P * m.I) * 4);
+  m.a2q.alloc(size_t(P * m.I) * 2);
+  m.y.alloc(size_t(P * m.H) * 4);
+  m.scratch.alloc(size_t(4 + 3 * m.E + m.E * m.max_words) * 4);
+  for (const DevMem* d : {&m.w13.codes, &m.w13.scales, &m.w2.codes, &m.w2.scales, &m.gate, &m.logits, &m.a1, &m.a2,
+                          &m.a2q, &m.y, &m.tiles, &m.scratch})
+    m.bytes += d->n;
+}
+
+CudaMoeLayer::~CudaMoeLayer() = default;
+int64_t CudaMoeLayer::hidden() const { return impl_->H; }
+int CudaMoeLayer::top_k() const { return impl_->topk; }
+int64_t CudaMoeLayer::max_tokens() const { return impl_->max_T; }
+const std::vector<std::string>& CudaMoeLayer::warnings() const { return impl_->warnings; }
+size_t CudaMoeLayer::device_bytes() const { return impl_->bytes; }
+
+void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out_dev, int32_t* topk_ids_dev,
+                           float* topk_w_dev, cudaStream_t stream) {
+  const Impl& m = *impl_;
+  MXMOE_CHECK(T >= 0 && T <= m.max_T, "CUDA MoE: T = {} outside [0, {}] (the workspace's max_tokens)", T, m.max_T);
+  if (T == 0) return;
+  MXMOE_CHECK(x_dev && out_dev && topk_ids_dev && topk_w_dev, "CUDA MoE: null device pointer");
+  MXMOE_CHECK(reinterpret_cast<uintptr_t>(x_dev) % 16 == 0 && reinterpret_cast<uintptr_t>(out_dev) % 16 == 0,
+              "CUDA MoE: x and out must be 16-byte aligned");
+  const bool vllm = e == Emulation::VLLM;
+  const int64_t P = T * m.topk, words = (T + 31) / 32;
+  const double avg = double(P) / m.E;
+  const int nt = avg <= 8 ? 1 : avg <= 16 ? 2 : 4;
+  const int TT = 8 * nt;
+  const int max_tiles = int(P / TT + std::min<int64_t>(m.E, P));
+
+  MXMOE_CUDA_CHECK(cudaMemsetAsync(m.scratch.p, 0, size_t(4 + 3 * m.E + m.E * words) * 4, stream));
+  k::RouteArgs ra;
+  ra.x = static_cast<const uint16_t*>(x_dev), ra.gate = m.gate.as<float>(), ra.gate_bias = m.gate_bias.as<float>();
+  ra.T = T, ra.H = m.H, ra.E = m.E, ra.k = m.topk, ra.kind = int(m.router.kind), ra.renormalize = m.router.renormalize;
+  ra.scaling = m.router.routed_scaling_factor;
+  ra.logits = m.logits.as<float>(), ra.rowamax = m.rowamax.as<float>(), ra.amax_x = m.amax_x();
+  ra.ids = topk_ids_dev, ra.weights = topk_w_dev, ra.counts = m.counts(), ra.bitmap = m.bitmap(), ra.words = words;
+  ra.tile_tokens = TT, ra.perm_token = m.perm_token.as<int32_t>(), ra.row_expert = m.row_expert.as<int32_t>();
+  ra.slot_to_perm = m.slot_to_perm.as<int32_t>(), ra.amax1_e = m.amax1_e(), ra.tiles = m.tiles.as<int4>();
+  ra.num_tiles = m.num_tiles();
+  MXMOE_CUDA_CHECK(k::route(ra, stream));
+
+  const bool nv = m.aq == k::AQ::NVFP4;
+  auto scales_for = [&](const DevProj& w, const float* amax_all, const float* amax_e) {
+    k::ActScale s;
+    if (nv && vllm) {
+      s.static_gs = w.vllm_static_gs;
+      s.amax_all = amax_all;
+    } else if (nv) {
+      s.static_gs_e = w.static_gs_e.as<float>();
+      s.amax_e = amax_e;
+    } else {
+      s.amax_all = amax_all;  // FP8
+    }
+    return s;
+  };
+
+  // GEMM1 input
+  k::GemmArgs g1;
+  const k::ActScale sc1 = scales_for(m.w13, m.amax_x(), m.amax1_e());
+  if (m.aq == k::AQ::None) {
+    g1.b16 = static_cast<const uint16_t*>(x_dev), g1.b_row = m.perm_token.as<int32_t>();
+  } else {
+    k::QuantRowsArgs q;
+    q.aq = m.aq, q.vllm = vllm, q.scale_rule = int(m.act_rule), q.rounding = int(m.act_rounding), q.sc = sc1;
+    q.x = x_dev, q.x_bf16 = true, q.ldx = m.H, q.K = m.H, q.y = m.a1.as<uint16_t>();
+    if (nv && !vllm) {  // per expert scales: one quantized row per (token, expert)
+      q.src_row = m.perm_token.as<int32_t>(), q.row_expert = m.row_expert.as<int32_t>(), q.rows = P;
+      g1.b_row = nullptr;
+    } else {  // the same for every expert: once per token
+      q.rows = T;
+      g1.b_row = m.perm_token.as<int32_t>();
+    }
+    MXMOE_CUDA_CHECK(k::quant_rows(q, stream));
+    g1.b16 = m.a1.as<uint16_t>();
+  }
+  auto common = [&](k::GemmArgs& g, const DevProj& w) {
+    g.wk = m.wk, g.codes = w.codes.as<uint8_t>(), g.row_bytes = w.row_bytes, g.scales = w.scales.as<uint8_t>();
+    g.mult = vllm ? w.mult_vllm.as<float>() : w.mult_exact.as<float>();
+    g.w_alpha = vllm ? w.alpha_vllm.as<float>() : w.alpha_exact.as<float>();
+    g.bias = w.bias.p ? w.bias.as<float>() : nullptr;
+    g.N = int(w.N), g.K = int(w.K), g.vllm = vllm;
+    g.tiles = m.tiles.as<int4>(), g.num_tiles = m.num_tiles(), g.max_tiles = max_tiles, g.nt = nt;
+  };
+  common(g1, m.w13);
+  g1.ldb = m.H;
+  if (!vllm && nv) g1.a_alpha_kind = 1, g1.a_sc = sc1;
+  if (!vllm && m.aq == k::AQ::FP8) g1.a_alpha_kind = 2, g1.a_sc = sc1;
+  g1.act = int(m.activation.act), g1.act_alpha = m.activation.alpha, g1.act_limit = effective_limit(m.activation);
+  g1.y = m.a2.as<float>(), g1.ldy = m.I;
+  const bool dyn2_all = (nv && vllm && m.w2.vllm_static_gs <= 0) || m.aq == k::AQ::FP8;
+  if (dyn2_all) g1.amax_out = m.amax2();
+  if (nv && !vllm) g1.amax_out_e = m.amax2_e();
+  MXMOE_CUDA_CHECK(k::grouped_gemm(g1, stream));
+
+  // GEMM2 input
+  k::GemmArgs g2;
+  const k::ActScale sc2 = scales_for(m.w2, m.amax2(), m.amax2_e());
+  if (m.aq == k::AQ::None && !vllm) {
+    g2.b32 = m.a2.as<float>();  // float32 activations: split into three bf16 terms
+  } else {
+    k::QuantRowsArgs q;
+    q.aq = m.aq, q.vllm = vllm, q.scale_rule = int(m.act_rule), q.rounding = int(m.act_rounding), q.sc = sc2;
+    q.x = m.a2.p, q.x_bf16 = false, q.ldx = m.I, q.K = m.I, q.y = m.a2q.as<uint16_t>(), q.rows = P;
+    q.row_expert = m.row_expert.as<int32_t>();
+    MXMOE_CUDA_CHECK(k::quant_rows(q, stream));
+    g2.b16 = m.a2q.as<uint16_t>();
+  }
+  common(g2, m.w2);
+  g2.ldb = m.I;
+  if (!vllm && nv) g2.a_alpha_kind = 1, g2.a_sc = sc2;
+  if (!vllm && m.aq == k::AQ::FP8) g2.a_alpha_kind = 2, g2.a_sc = sc2;
+  g2.y = m.y.as<float>(), g2.ldy = m.H;
+  MXMOE_CUDA_CHECK(k::grouped_gemm(g2, stream));
+
+  k::FinalizeArgs f;
+  f.y = m.y.as<float>(), f.slot_to_perm = m.slot_to_perm.as<int32_t>(), f.weights = topk_w_dev;
+  f.T = T, f.H = m.H, f.k = m.topk, f.vllm = vllm, f.out = out_dev;
+  MXMOE_CUDA_CHECK(k::finalize(f, stream));
+}
+
+void run_moe_cuda(const MoeLayer& l, const Tensor& hs, const MoeOptions& o, MoeResult& r) {
+  std::string why;
+  MXMOE_CHECK(cuda_moe_available(l, o, &why), "backend cuda: {}", why);
+  const int64_t T = hs.shape[0], H = l.hidden;
+  const int kk = l.router.top_k;
+  // The device path reads bf16 hidden states; other dtypes must hold bf16 values exactly.
+  std::vector<uint16_t> xb(size_t(T * H));
+  if (hs.dtype == DType::BF16) {
+    std::memcpy(xb.data(), hs.data.data(), xb.size() * 2);
+  } else {
+    std::vector<float> xf(size_t(T * H));
+    to_f32(hs.data.data(), hs.dtype, T * H, xf.data());
+    for (size_t i = 0; i < xf.size(); ++i) {
+      xb[i] = f32_to_bf16(xf[i]);
+      MXMOE_CHECK(bf16_to_f32(xb[i]) == xf[i], "backend cuda: hidden_states ({}) value at token {} is not a bf16 "
+                  "value; the CUDA backend takes bf16 inputs", dtype_name(hs.dtype), int64_t(i) / H);
+    }
+  }
+  CudaMoeLayer dev(l, T);
+  r.warnings.insert(r.warnings.end(), dev.warnings().begin(), dev.warnings().end());
+  r.out = Tensor(DType::F32, {T, H});
+  r.topk_ids = Tensor(DType::I32, {T, kk});
+  r.topk_weights = Tensor(DType::F32, {T, kk});
+  if (T == 0) return;
+  DevMem x, out, ids, w;
+  x.upload(xb.data(), xb.size() * 2);
+  out.alloc(size_t(T * H) * 4), ids.alloc(size_t(T * kk) * 4), w.alloc(size_t(T * kk) * 4);
+  dev.forward(x.p, T, o.emulation, out.as<float>(), ids.as<int32_t>(), w.as<float>(), nullptr);
+  MXMOE_CUDA_CHECK(cudaMemcpy(r.out.data.data(), out.p, size_t(T * H) * 4, cudaMemcpyDeviceToHost));
+  MXMOE_CUDA_CHECK(cudaMemcpy(r.topk_ids.data.data(), ids.p, size_t(T * kk) * 4, cudaMemcpyDeviceToHost));
+  MXMOE_CUDA_CHECK(cudaMemcpy(r.topk_weights.data.data(), w.p, size_t(T * kk) * 4, cudaMemcpyDeviceToHost));
+}
+
+}  // namespace mxmoe::moe

@@ -1,0 +1,66 @@
+// Device helpers shared by the CUDA MoE kernels: activation scales, bf16 rounding, activations.
+// fmt-free (nvcc).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "moe/cuda/moe_kernels.hpp"
+#include "quant/cuda/codec.cuh"
+
+namespace mxmoe::moe::cuda {
+
+namespace cc = ::mxmoe::cuda::codec;
+
+__device__ __forceinline__ float round_bf16(float v) { return cc::bf16_to_f32(cc::f32_to_bf16(v)); }
+
+// nvfp4_default_global_scale: 448*6/amax, 1 when amax is 0 or not finite.
+__device__ __forceinline__ float default_gs(float amax) {
+  return (amax > 0.0f && cc::is_finite_bits(cc::fbits(amax))) ? cc::div_rn(448.0f * 6.0f, amax) : 1.0f;
+}
+
+// The NVFP4 encode scale of expert e's GEMM input (see ActScale).
+__device__ __forceinline__ float nvfp4_gs(const ActScale& s, int e) {
+  if (s.static_gs > 0.0f) return s.static_gs;
+  if (s.static_gs_e != nullptr && s.static_gs_e[e] > 0.0f) return s.static_gs_e[e];
+  if (s.amax_e != nullptr) return default_gs(s.amax_e[e]);
+  return default_gs(s.amax_all ? *s.amax_all : 0.0f);
+}
+
+// Per-tensor FP8 scale amax / 448 (1 when amax is 0).
+__device__ __forceinline__ float fp8_scale(const ActScale& s) {
+  const float m = s.amax_all ? *s.amax_all : 0.0f;
+  return m > 0.0f ? cc::div_rn(m, 448.0f) : 1.0f;
+}
+
+// atomic max of a non-negative float (NaN stored as its bits: larger than every finite value).
+__device__ __forceinline__ void atomic_max_pos(float* p, float v) {
+  atomicMax(reinterpret_cast<int*>(p), __float_as_int(v));
+}
+
+// Gated activations (include/mxmoe/moe/activation.hpp), float32 like the reference.
+__device__ __forceinline__ float gated_act(int act, float gate, float up, float alpha, float limit) {
+  if (limit > 0.0f) {
+    gate = fminf(gate, limit);
+    up = fmaxf(-limit, fminf(up, limit));
+  }
+  switch (act) {
+    case 0: return cc::mul_rn(cc::div_rn(gate, cc::add_rn(1.0f, expf(-gate))), up);  // SiLU
+    case 1: {                                                                          // GELU (erf)
+      const float g = cc::mul_rn(cc::mul_rn(0.5f, gate), cc::add_rn(1.0f, erff(cc::mul_rn(gate, 0.70710678118654752440f))));
+      return cc::mul_rn(g, up);
+    }
+    case 2: {  // GELU tanh
+      const float g3 = cc::mul_rn(cc::mul_rn(cc::mul_rn(0.044715f, gate), gate), gate);
+      const float inner = cc::mul_rn(0.79788456080286535588f, cc::add_rn(gate, g3));
+      return cc::mul_rn(cc::mul_rn(cc::mul_rn(0.5f, gate), cc::add_rn(1.0f, tanhf(inner))), up);
+    }
+    default: {  // SwiGLU-OAI: (up + 1) * gate * sigmoid(alpha * gate)
+      const float sig = cc::div_rn(1.0f, cc::add_rn(1.0f, expf(-cc::mul_rn(alpha, gate))));
+      return cc::mul_rn(cc::add_rn(up, 1.0f), cc::mul_rn(gate, sig));
+    }
+  }
+}
+
+}  // namespace mxmoe::moe::cuda

@@ -1,0 +1,116 @@
+// Raw launchers of the CUDA MoE stages (flashinfer style: device pointers, sizes, a stream, a
+// cudaError_t back; no checks here: the checked API is include/mxmoe/moe/cuda_moe.hpp). fmt-free.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace mxmoe::moe::cuda {
+
+// How the expert weights are stored on the device (one value per projection kind).
+enum class WKind : uint8_t { NVFP4, MXFP4, MXFP6_E2M3, MXFP6_E3M2, MXFP8_E4M3, BF16 };
+
+// How a GEMM input is quantized (docs/numerics.md): the values written are element * block scale
+// (exact mode) or the qdq result rounded to bf16 (vllm mode), always bf16-representable.
+enum class AQ : uint8_t { None, NVFP4, MXFP4, MXFP6_E2M3, MXFP6_E3M2, FP8 };
+
+// The encode scale of a GEMM input per expert (NVFP4) or the per-tensor FP8 scale.
+struct ActScale {
+  float static_gs = 0.0f;             // > 0: one encode scale for all experts (vllm static)
+  const float* static_gs_e = nullptr;  // [E] per-expert encode scales (exact static), 0 = dynamic
+  const float* amax_all = nullptr;     // dynamic shared (vllm NVFP4, FP8): amax over all rows
+  const float* amax_e = nullptr;       // dynamic per expert (exact NVFP4): amax over its rows
+};
+
+struct QuantRowsArgs {
+  AQ aq = AQ::None;
+  bool vllm = true;
+  int scale_rule = 0, rounding = 0;  // ScaleRule / Rounding values (MX)
+  ActScale sc;
+  const void* x = nullptr;  // bf16 (x_bf16) or float32 rows
+  bool x_bf16 = true;
+  int64_t ldx = 0;
+  const int32_t* src_row = nullptr;     // row r reads x row src_row[r] (nullptr: r)
+  const int32_t* row_expert = nullptr;  // expert of row r (per-expert scales)
+  const int64_t* nrows_dev = nullptr;   // number of rows (device) or nullptr: rows
+  int64_t rows = 0, K = 0;
+  uint16_t* y = nullptr;  // bf16 [rows, K]
+};
+cudaError_t quant_rows(const QuantRowsArgs& a, cudaStream_t s);
+
+struct Workspace;  // see cuda_moe.cpp
+
+struct RouteArgs {
+  const uint16_t* x = nullptr;  // bf16 [T, H]
+  const float* gate = nullptr;  // f32 [E, H]
+  const float* gate_bias = nullptr;
+  int64_t T = 0, H = 0;
+  int E = 0, k = 0;
+  int kind = 0;  // 0 softmax_topk, 2 topk_then_softmax (RouterKind values)
+  bool renormalize = true;
+  float scaling = 1.0f;
+  float* logits = nullptr;   // [T, E]
+  float* rowamax = nullptr;  // [T]
+  float* amax_x = nullptr;   // scalar (zeroed)
+  int32_t* ids = nullptr;    // [T, k]
+  float* weights = nullptr;  // [T, k]
+  int32_t* counts = nullptr;    // [E] (zeroed)
+  uint32_t* bitmap = nullptr;   // [E, words] (zeroed)
+  int64_t words = 0;            // ceil(T / 32)
+  // permutation outputs
+  int tile_tokens = 8;
+  int32_t* perm_token = nullptr;    // [P]
+  int32_t* row_expert = nullptr;    // [P]
+  int32_t* slot_to_perm = nullptr;  // [T * k]
+  float* amax1_e = nullptr;         // [E] per-expert amax of x rows
+  int4* tiles = nullptr;            // {expert, first row, rows, 0}
+  int32_t* num_tiles = nullptr;
+};
+cudaError_t route(const RouteArgs& a, cudaStream_t s);
+
+// One grouped GEMM over the tile list. GEMM1 (act != -1): out columns [0, I) of the gated activation,
+// written float32 to y [P, I]; GEMM2: y [P, N]. Weight rows are decoded in registers.
+struct GemmArgs {
+  WKind wk = WKind::NVFP4;
+  const uint8_t* codes = nullptr;  // [E][N][row_bytes] (BF16: [E][N][K] bf16)
+  int64_t row_bytes = 0;
+  const uint8_t* scales = nullptr;  // [E][N][K / block]
+  const float* mult = nullptr;      // [E][256] decoded scale multiplier of each scale byte
+  const float* w_alpha = nullptr;   // [E] accumulator factor from the weights
+  const float* bias = nullptr;      // [E][N] or nullptr
+  int N = 0, K = 0;
+  // B operand: bf16 [.., K] rows (b_row[p] or p), or float32 rows split in 3 bf16 terms
+  const uint16_t* b16 = nullptr;
+  const int32_t* b_row = nullptr;
+  const float* b32 = nullptr;
+  int64_t ldb = 0;
+  // accumulator factor from the activations: per expert 1 / gs (exact NVFP4) or FP8 scale
+  int a_alpha_kind = 0;  // 0: 1, 1: 1/gs (NVFP4 exact), 2: FP8 amax/448 (exact)
+  ActScale a_sc;
+  bool vllm = true;
+  // epilogue
+  int act = -1;  // -1: plain (GEMM2); else Activation value
+  float act_alpha = 1.702f, act_limit = 0.0f;
+  float* y = nullptr;
+  int64_t ldy = 0;
+  float* amax_out = nullptr;    // GEMM1: atomic max of |y| (all rows) or nullptr
+  float* amax_out_e = nullptr;  // GEMM1: per expert
+  const int4* tiles = nullptr;
+  const int32_t* num_tiles = nullptr;
+  int max_tiles = 0;
+  int nt = 1;  // n-tiles of 8 tokens per CTA (1, 2 or 4); tiles must hold at most 8 * nt rows
+};
+cudaError_t grouped_gemm(const GemmArgs& a, cudaStream_t s);
+
+struct FinalizeArgs {
+  const float* y = nullptr;  // [P, H]
+  const int32_t* slot_to_perm = nullptr;
+  const float* weights = nullptr;
+  int64_t T = 0, H = 0;
+  int k = 0;
+  bool vllm = true;
+  float* out = nullptr;
+};
+cudaError_t finalize(const FinalizeArgs& a, cudaStream_t s);
+
+}  // namespace mxmoe::moe::cuda

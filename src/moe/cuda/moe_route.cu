@@ -1,0 +1,216 @@
+// Router and permutation on the device: logits = x . gate^T + bias (float32), softmax top-k (or top-k
+// then softmax) per token, then the deterministic grouping by expert of docs/routing.md: rows of one
+// expert are contiguous, experts in id order, rows of an expert in token order (slot order), exactly
+// like mxmoe::moe::group_by_expert. Also the per-token and per-expert amax of x (dynamic scales) and
+// the GEMM tile list {expert, first row, rows}.
+#include <cfloat>
+
+#include "moe/cuda/moe_device.cuh"
+
+namespace mxmoe::moe::cuda {
+namespace {
+
+constexpr int kLogitExperts = 8;   // warps (one expert each) per CTA
+constexpr int kLogitTokens = 16;   // tokens per CTA, 4 at a time
+constexpr int kMaxPerLane = 16;    // top-k: E <= 512
+
+// Logits: warp = one expert, 16 tokens 4 at a time; lanes stride over H by 8 (16-byte x loads).
+__global__ void __launch_bounds__(256) logits_kernel(const RouteArgs a) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int e = blockIdx.x * kLogitExperts + warp;
+  const int64_t tbase = int64_t(blockIdx.y) * kLogitTokens;
+  const bool do_amax = blockIdx.x == 0 && warp == 0;
+  if (e >= a.E && !do_amax) return;
+  const int ee = e < a.E ? e : 0;
+  const float* grow = a.gate + int64_t(ee) * a.H;
+  for (int t4 = 0; t4 < kLogitTokens; t4 += 4) {
+    float acc[4] = {0, 0, 0, 0}, am[4] = {0, 0, 0, 0};
+    for (int64_t h = int64_t(lane) * 8; h < a.H; h += 256) {
+      const float4 g0 = *reinterpret_cast<const float4*>(grow + h);
+      const float4 g1 = *reinterpret_cast<const float4*>(grow + h + 4);
+      const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t t = tbase + t4 + i;
+        if (t >= a.T) break;
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(a.x + t * a.H + h));
+        const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float lo = cc::bitsf(xw[j] << 16), hi = cc::bitsf(xw[j] & 0xffff0000u);
+          acc[i] = fmaf(lo, gv[2 * j], acc[i]);
+          acc[i] = fmaf(hi, gv[2 * j + 1], acc[i]);
+          am[i] = fmaxf(am[i], fmaxf(fabsf(lo), fabsf(hi)));
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+        am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], o));
+      }
+      const int64_t t = tbase + t4 + i;
+      if (lane == 0 && t < a.T) {
+        if (e < a.E) a.logits[t * a.E + e] = acc[i] + (a.gate_bias ? a.gate_bias[e] : 0.0f);
+        if (do_amax) {
+          a.rowamax[t] = am[i];
+          atomic_max_pos(a.amax_x, am[i]);
+        }
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
+  return a > b || (a == b && ia < ib);
+}
+
+// One warp per token: scores, k rounds of a warp arg-max (higher score, then lower index), weights.
+__global__ void __launch_bounds__(256) topk_kernel(const RouteArgs a) {
+  const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (t >= a.T) return;
+  const float* x = a.logits + t * a.E;
+  float v[kMaxPerLane], sc[kMaxPerLane];
+  float m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int e = lane + 32 * i;
+    v[i] = e < a.E ? x[e] : -INFINITY;
+    m = fmaxf(m, v[i]);
+  }
+  const bool softmax_first = a.kind == 0;
+  if (softmax_first) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) {
+      sc[i] = lane + 32 * i < a.E ? expf(v[i] - m) : 0.0f;
+      sum += sc[i];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) sc[i] = cc::div_rn(sc[i], sum);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) sc[i] = v[i];
+  }
+  uint32_t removed = 0;
+  int my_id = 0;
+  float my_score = 0.0f;
+  for (int j = 0; j < a.k; ++j) {
+    float best = 0.0f;
+    int bidx = INT_MAX;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) {
+      const int e = lane + 32 * i;
+      if (e < a.E && !((removed >> i) & 1u) && (bidx == INT_MAX || ranks_before(sc[i], e, best, bidx)))
+        best = sc[i], bidx = e;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bidx, o);
+      if (oi != INT_MAX && (bidx == INT_MAX || ranks_before(ob, oi, best, bidx))) best = ob, bidx = oi;
+    }
+    if (bidx == INT_MAX) bidx = 0;  // unreachable for k <= E; keeps indices in bounds
+    if ((bidx & 31) == lane) removed |= 1u << (bidx >> 5);
+    if (lane == j) my_id = bidx, my_score = best;
+  }
+  // Weights, in slot order (lane j holds slot j).
+  float w = my_score;
+  if (softmax_first) {
+    if (a.renormalize) {
+      float s = 0.0f;
+      for (int j = 0; j < a.k; ++j) s = cc::add_rn(s, __shfl_sync(0xffffffffu, my_score, j));
+      w = cc::div_rn(my_score, s);
+    }
+    w = cc::mul_rn(w, a.scaling);
+  } else {
+    const float m0 = __shfl_sync(0xffffffffu, my_score, 0);
+    const float ex = expf(my_score - m0);
+    float s = 0.0f;
+    for (int j = 0; j < a.k; ++j) s = cc::add_rn(s, __shfl_sync(0xffffffffu, ex, j));
+    w = cc::mul_rn(cc::div_rn(ex, s), a.scaling);
+  }
+  if (lane < a.k) {
+    a.ids[t * a.k + lane] = my_id;
+    a.weights[t * a.k + lane] = w;
+    atomicAdd(a.counts + my_id, 1);
+    atomicOr(a.bitmap + int64_t(my_id) * a.words + (t >> 5), 1u << (t & 31));
+  }
+}
+
+__device__ __forceinline__ int warp_sum(int v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One warp per expert: its row offset and tile offset (sums over the lower experts), its tiles, and
+// its rows in token order from the token bitmap.
+__global__ void __launch_bounds__(256) permute_kernel(const RouteArgs a) {
+  const int e = int((int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5);
+  const int lane = threadIdx.x & 31;
+  if (e >= a.E) return;
+  const int TT = a.tile_tokens;
+  int off = 0, toff = 0;
+  for (int i = lane; i < e; i += 32) {
+    const int c = a.counts[i];
+    off += c, toff += (c + TT - 1) / TT;
+  }
+  off = warp_sum(off), toff = warp_sum(toff);
+  const int n = a.counts[e], nt = (n + TT - 1) / TT;
+  for (int i = lane; i < nt; i += 32) a.tiles[toff + i] = make_int4(e, off + i * TT, min(TT, n - i * TT), 0);
+  if (e == a.E - 1 && lane == 0) *a.num_tiles = toff + nt;
+  const uint32_t* bits = a.bitmap + int64_t(e) * a.words;
+  int base = off;
+  float amax = 0.0f;
+  for (int64_t w0 = 0; w0 < a.words; w0 += 32) {
+    const int64_t wi = w0 + lane;
+    uint32_t word = wi < a.words ? bits[wi] : 0u;
+    const int c = __popc(word);
+    int pre = c;  // inclusive scan
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, pre, o);
+      if (lane >= o) pre += y;
+    }
+    int r = base + pre - c;
+    while (word) {
+      const int b = __ffs(word) - 1;
+      word &= word - 1;
+      const int64_t t = wi * 32 + b;
+      a.perm_token[r] = int32_t(t);
+      a.row_expert[r] = e;
+      for (int j = 0; j < a.k; ++j)
+        if (a.ids[t * a.k + j] == e) {
+          a.slot_to_perm[t * a.k + j] = r;
+          break;
+        }
+      amax = fmaxf(amax, a.rowamax[t]);
+      ++r;
+    }
+    base += __shfl_sync(0xffffffffu, pre, 31);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if (lane == 0) a.amax1_e[e] = amax;
+}
+
+}  // namespace
+
+cudaError_t route(const RouteArgs& a, cudaStream_t s) {
+  if (a.T == 0) return cudaSuccess;
+  const dim3 g1(unsigned((a.E + kLogitExperts - 1) / kLogitExperts), unsigned((a.T + kLogitTokens - 1) / kLogitTokens));
+  logits_kernel<<<g1, 256, 0, s>>>(a);
+  topk_kernel<<<unsigned((a.T * 32 + 255) / 256), 256, 0, s>>>(a);
+  permute_kernel<<<unsigned((a.E * 32 + 255) / 256), 256, 0, s>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace mxmoe::moe::cuda

@@ -1,0 +1,353 @@
+// The fused grouped expert GEMM (sm_80+ bf16 tensor cores, mma.sync m16n8k16), "swap AB": the
+// expert weight rows are the MMA's M side, the tokens of one expert its N side (8 per n-tile).
+//
+// CTA = 4 warps = 32 weight rows (two m-tiles) x 8*NT tokens of one expert; the warps split K in
+// chunks of 128 (warp w takes chunks w, w+4, ...). Per chunk a thread (g = lane/4, t = lane%4) loads
+// 32 consecutive elements (k = 32t..32t+31) of four weight rows (g, g+8 of each m-tile) straight
+// from the packed codes (16 bytes of FP4) plus their block scales, decodes them in registers to bf16
+// (element * scale multiplier, see below), and 32 consecutive bf16 activations of token g of each
+// n-tile. The K order inside the chunk is permuted consistently for both operands (MMA k index
+// 2t+j <-> element 32t+4s+j, 2t+8+j <-> 32t+4s+2+j in step s), which is legal because a dot product
+// does not depend on the order of its terms; it lets every thread use wide contiguous loads. The four
+// warps' partial sums are added in a fixed order through shared memory (deterministic), then the
+// epilogue applies alpha, bias, the bf16 rounding of vllm mode, and (GEMM1) the gated activation.
+//
+// Weight values: exact mode element * block scale, exact in bf16; vllm mode NVFP4
+// bf16(element * (scale / gs)), the same float32 operations as the CPU path; the multiplier of each
+// scale byte is precomputed per expert ([E][256] table, mode-dependent).
+#pragma once
+#include "moe/cuda/moe_device.cuh"
+
+namespace mxmoe::moe::cuda::gemm {
+
+template <WKind W>
+struct WT;
+template <>
+struct WT<WKind::NVFP4> {
+  static constexpr int bits = 4, block = 16;
+  static constexpr Encoding elem = Encoding::E2M1;
+};
+template <>
+struct WT<WKind::MXFP4> {
+  static constexpr int bits = 4, block = 32;
+  static constexpr Encoding elem = Encoding::E2M1;
+};
+template <>
+struct WT<WKind::MXFP6_E2M3> {
+  static constexpr int bits = 6, block = 32;
+  static constexpr Encoding elem = Encoding::E2M3;
+};
+template <>
+struct WT<WKind::MXFP6_E3M2> {
+  static constexpr int bits = 6, block = 32;
+  static constexpr Encoding elem = Encoding::E3M2;
+};
+template <>
+struct WT<WKind::MXFP8_E4M3> {
+  static constexpr int bits = 8, block = 32;
+  static constexpr Encoding elem = Encoding::E4M3;
+};
+template <>
+struct WT<WKind::BF16> {
+  static constexpr int bits = 16, block = 32;
+  static constexpr Encoding elem = Encoding::E4M3;  // unused
+};
+
+// Raw bytes of one thread's 32 elements of one row: bits * 4 bytes (16 / 24 / 32 / 64).
+template <WKind W>
+struct Raw {
+  static constexpr int words = WT<W>::bits;  // 32-bit words
+  uint32_t w[words];
+  uint32_t s;  // scale bytes (NVFP4: two, MX: one)
+};
+
+template <WKind W>
+__device__ __forceinline__ void load_raw(const GemmArgs& a, const uint8_t* row_codes, const uint8_t* row_scales,
+                                         int64_t k0, bool valid, Raw<W>& r) {
+  constexpr int bits = WT<W>::bits;
+  if (!valid) {
+#pragma unroll
+    for (int i = 0; i < Raw<W>::words; ++i) r.w[i] = 0;
+    r.s = 0;
+    return;
+  }
+  const uint8_t* p = row_codes + k0 * bits / 8;
+  if constexpr (bits == 6) {
+    const uint2* q = reinterpret_cast<const uint2*>(p);
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+      const uint2 v = __ldg(q + i);
+      r.w[2 * i] = v.x, r.w[2 * i + 1] = v.y;
+    }
+  } else {
+    const uint4* q = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+    for (int i = 0; i < Raw<W>::words / 4; ++i) {
+      const uint4 v = __ldg(q + i);
+      r.w[4 * i] = v.x, r.w[4 * i + 1] = v.y, r.w[4 * i + 2] = v.z, r.w[4 * i + 3] = v.w;
+    }
+  }
+  if constexpr (W == WKind::NVFP4) r.s = __ldg(reinterpret_cast<const uint16_t*>(row_scales + k0 / 16));
+  else if constexpr (W != WKind::BF16) r.s = __ldg(row_scales + k0 / 32);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  return uint32_t(cc::f32_to_bf16(lo)) | uint32_t(cc::f32_to_bf16(hi)) << 16;
+}
+
+// 8 E2M1 codes (nibble i = code i) -> the bf16 bit patterns of their values, pairs (2i, 2i+1) per word.
+__device__ __forceinline__ void e2m1x8_bf16(uint32_t w, uint32_t out[4]) {
+  // bf16 of {0, .5, 1, 1.5, 2, 3, 4, 6}: high bytes 00 3F 3F 3F 40 40 40 40, low 00 00 80 C0 00 40 80 C0.
+  const uint32_t m = w & 0x77777777u;
+  const uint32_t hb0 = __byte_perm(0x3F3F3F00u, 0x40404040u, m & 0xffffu);
+  const uint32_t lb0 = __byte_perm(0xC0800000u, 0xC0804000u, m & 0xffffu);
+  const uint32_t hb1 = __byte_perm(0x3F3F3F00u, 0x40404040u, m >> 16);
+  const uint32_t lb1 = __byte_perm(0xC0800000u, 0xC0804000u, m >> 16);
+  out[0] = __byte_perm(lb0, hb0, 0x5140) | ((w << 12) & 0x8000u) | ((w << 24) & 0x80000000u);
+  out[1] = __byte_perm(lb0, hb0, 0x7362) | ((w << 4) & 0x8000u) | ((w << 16) & 0x80000000u);
+  out[2] = __byte_perm(lb1, hb1, 0x5140) | ((w >> 4) & 0x8000u) | ((w << 8) & 0x80000000u);
+  out[3] = __byte_perm(lb1, hb1, 0x7362) | ((w >> 12) & 0x8000u) | (w & 0x80000000u);
+}
+
+// Decoded bf16 pairs (16 words) of one thread's 32 elements.
+template <WKind W>
+__device__ __forceinline__ void decode(const Raw<W>& r, const float* mult, uint32_t out[16]) {
+  constexpr int bits = WT<W>::bits;
+  if constexpr (W == WKind::BF16) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) out[i] = r.w[i];
+  } else if constexpr (bits == 4) {
+    const float m0 = __ldg(mult + (r.s & 0xffu));
+    const float m1 = W == WKind::NVFP4 ? __ldg(mult + (r.s >> 8)) : m0;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      uint32_t e[4];
+      e2m1x8_bf16(r.w[q], e);
+      const float m = q < 2 ? m0 : m1;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        out[4 * q + i] = pack_bf16x2(cc::mul_rn(cc::bitsf(e[i] << 16), m), cc::mul_rn(cc::bitsf(e[i] & 0xffff0000u), m));
+    }
+  } else {
+    const float m = __ldg(mult + (r.s & 0xffu));
+    uint32_t c[32];
+    if constexpr (bits == 8) {
+#pragma unroll
+      for (int i = 0; i < 32; ++i) c[i] = (r.w[i / 4] >> (8 * (i % 4))) & 0xffu;
+    } else {  // 6-bit: 24-bit little-endian words of 4 codes
+      const uint8_t* b = reinterpret_cast<const uint8_t*>(r.w);
+#pragma unroll
+      for (int g = 0; g < 8; ++g) {
+        const uint32_t v = uint32_t(b[3 * g]) | uint32_t(b[3 * g + 1]) << 8 | uint32_t(b[3 * g + 2]) << 16;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) c[4 * g + j] = (v >> (6 * j)) & 0x3fu;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 16; ++i)
+      out[i] = pack_bf16x2(cc::mul_rn(cc::decode<WT<W>::elem>(c[2 * i]), m),
+                           cc::mul_rn(cc::decode<WT<W>::elem>(c[2 * i + 1]), m));
+  }
+}
+
+__device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// B operand: 32 consecutive activations of one row -> 16 bf16 pairs per split term.
+template <int SPLIT>
+__device__ __forceinline__ void load_b(const GemmArgs& a, int64_t row, int64_t k0, bool valid,
+                                       uint32_t b[SPLIT][16]) {
+  if (!valid) {
+#pragma unroll
+    for (int s = 0; s < SPLIT; ++s)
+#pragma unroll
+      for (int i = 0; i < 16; ++i) b[s][i] = 0;
+    return;
+  }
+  if constexpr (SPLIT == 1) {
+    const uint4* p = reinterpret_cast<const uint4*>(a.b16 + row * a.ldb + k0);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint4 v = __ldg(p + i);
+      b[0][4 * i] = v.x, b[0][4 * i + 1] = v.y, b[0][4 * i + 2] = v.z, b[0][4 * i + 3] = v.w;
+    }
+  } else {
+    // float32 = hi + mid + lo, each a bf16 (round to nearest; the residuals are exact in float32).
+    const float4* p = reinterpret_cast<const float4*>(a.b32 + row * a.ldb + k0);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float4 v = __ldg(p + i);
+      const float f[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float x0 = f[2 * h], x1 = f[2 * h + 1];
+#pragma unroll
+        for (int s = 0; s < SPLIT; ++s) {
+          const uint32_t w = pack_bf16x2(x0, x1);
+          b[s][2 * i + h] = w;
+          x0 = cc::sub_rn(x0, cc::bitsf(w << 16));
+          x1 = cc::sub_rn(x1, cc::bitsf(w & 0xffff0000u));
+        }
+      }
+    }
+  }
+}
+
+// The activation-side accumulator factor of expert e.
+__device__ __forceinline__ float act_alpha(const GemmArgs& a, int e) {
+  if (a.a_alpha_kind == 1) return cc::div_rn(1.0f, nvfp4_gs(a.a_sc, e));
+  if (a.a_alpha_kind == 2) return fp8_scale(a.a_sc);
+  return 1.0f;
+}
+
+constexpr int kWarps = 4;
+
+template <WKind W, int NT, int SPLIT, bool GATED>
+__global__ void __launch_bounds__(128) moe_gemm_kernel(const GemmArgs a) {
+  constexpr int kTok = 8 * NT, kLd = kTok + 1;
+  __shared__ float red[kWarps][32][kLd];
+  const int tile = blockIdx.x;
+  if (tile >= *a.num_tiles) return;
+  const int4 td = a.tiles[tile];
+  const int e = td.x, p0 = td.y, n = td.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const bool oai = GATED && a.act == 3;
+  const int I = a.N / 2;
+  int rbase[2];
+  if (GATED && !oai) rbase[0] = 16 * blockIdx.y, rbase[1] = I + 16 * blockIdx.y;
+  else rbase[0] = 32 * blockIdx.y, rbase[1] = 32 * blockIdx.y + 16;
+  constexpr int bits = WT<W>::bits;
+  const int64_t nbk = a.K / (W == WKind::BF16 ? 32 : WT<W>::block);
+  const uint8_t* rc[4];
+  const uint8_t* rs[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t row = int64_t(e) * a.N + rbase[i >> 1] + g + 8 * (i & 1);
+    rc[i] = a.codes + row * (bits == 16 ? a.K * 2 : a.row_bytes);
+    rs[i] = W == WKind::BF16 ? nullptr : a.scales + row * nbk;
+  }
+  const float* mult = W == WKind::BF16 ? nullptr : a.mult + int64_t(e) * 256;
+  int64_t brow[NT];
+  bool bval[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    bval[j] = 8 * j + g < n;
+    const int p = p0 + (bval[j] ? 8 * j + g : 0);
+    brow[j] = a.b_row ? a.b_row[p] : p;
+  }
+  float acc[2][NT][4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[m][j][i] = 0.0f;
+
+  const int nchunks = (a.K + 127) / 128;
+  for (int c = warp; c < nchunks; c += kWarps) {
+    const int64_t k0 = int64_t(c) * 128 + 32 * t;
+    const bool kv = k0 < a.K;
+    Raw<W> raw[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) load_raw<W>(a, rc[i], rs[i], k0, kv, raw[i]);
+    uint32_t bw[NT][SPLIT][16];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) load_b<SPLIT>(a, brow[j], k0, kv && bval[j], bw[j]);
+    uint32_t aw[4][16];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      decode<W>(raw[i], mult, aw[i]);
+      if (!kv)
+#pragma unroll
+        for (int q = 0; q < 16; ++q) aw[i][q] = 0;
+    }
+#pragma unroll
+    for (int s = 0; s < 8; ++s)
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int sp = 0; sp < SPLIT; ++sp)
+            mma_bf16(acc[m][j], aw[2 * m][2 * s], aw[2 * m + 1][2 * s], aw[2 * m][2 * s + 1], aw[2 * m + 1][2 * s + 1],
+                     bw[j][sp][2 * s], bw[j][sp][2 * s + 1]);
+  }
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      red[warp][16 * m + g][8 * j + 2 * t] = acc[m][j][0];
+      red[warp][16 * m + g][8 * j + 2 * t + 1] = acc[m][j][1];
+      red[warp][16 * m + g + 8][8 * j + 2 * t] = acc[m][j][2];
+      red[warp][16 * m + g + 8][8 * j + 2 * t + 1] = acc[m][j][3];
+    }
+  __syncthreads();
+  const float alpha = cc::mul_rn(act_alpha(a, e), a.w_alpha[e]);
+  const float* bias = a.bias ? a.bias + int64_t(e) * a.N : nullptr;
+  auto sum_at = [&](int lr, int col) {
+    float s = red[0][lr][col];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) s += red[w][lr][col];
+    return s;
+  };
+  auto finish = [&](float acc_v, int row) {
+    float v = cc::mul_rn(acc_v, alpha);
+    if (bias) v = cc::add_rn(v, bias[row]);
+    return a.vllm ? round_bf16(v) : v;
+  };
+  if constexpr (GATED) {
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < 16 * kTok; i += blockDim.x) {
+      const int jc = i % 16, col = i / 16;
+      if (col >= n) continue;
+      const int glr = oai ? 2 * jc : jc, ulr = oai ? 2 * jc + 1 : 16 + jc;
+      const int grow = oai ? rbase[0] + 2 * jc : rbase[0] + jc, urow = oai ? grow + 1 : rbase[1] + jc;
+      const float gate = finish(sum_at(glr, col), grow), up = finish(sum_at(ulr, col), urow);
+      float v = gated_act(a.act, gate, up, a.act_alpha, a.act_limit);
+      if (a.vllm) v = round_bf16(v);
+      a.y[int64_t(p0 + col) * a.ldy + 16 * blockIdx.y + jc] = v;
+      amax = fmaxf(amax, fabsf(v));
+    }
+    if (a.amax_out || a.amax_out_e) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      if (lane == 0) {
+        if (a.amax_out) atomic_max_pos(a.amax_out, amax);
+        if (a.amax_out_e) atomic_max_pos(a.amax_out_e + e, amax);
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < 32 * kTok; i += blockDim.x) {
+      const int lr = i % 32, col = i / 32;
+      if (col >= n) continue;
+      const int row = 32 * blockIdx.y + lr;
+      a.y[int64_t(p0 + col) * a.ldy + row] = finish(sum_at(lr, col), row);
+    }
+  }
+}
+
+// Launch for one weight kind (instantiated in sm80_moe_gemm_<kind>.cu).
+template <WKind W>
+cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
+  const bool gated = a.act >= 0, split = a.b32 != nullptr;
+  const dim3 grid(unsigned(a.max_tiles), unsigned(gated ? a.N / 32 : a.N / 32));
+  auto go = [&](auto nt) {
+    constexpr int NT = decltype(nt)::value;
+    if (gated) moe_gemm_kernel<W, NT, 1, true><<<grid, 128, 0, s>>>(a);
+    else if (split) moe_gemm_kernel<W, NT, 3, false><<<grid, 128, 0, s>>>(a);
+    else moe_gemm_kernel<W, NT, 1, false><<<grid, 128, 0, s>>>(a);
+  };
+  if (a.max_tiles == 0) return cudaSuccess;
+  if (a.nt == 1) go(std::integral_constant<int, 1>{});
+  else if (a.nt == 2) go(std::integral_constant<int, 2>{});
+  else go(std::integral_constant<int, 4>{});
+  return cudaGetLastError();
+}
+
+}  // namespace mxmoe::moe::cuda::gemm

@@ -1,0 +1,26 @@
+// The fused grouped expert GEMM for FP4 weights (NVFP4, MXFP4) and the dispatch over weight kinds.
+#include "moe/cuda/sm80_moe_gemm.cuh"
+
+namespace mxmoe::moe::cuda {
+namespace gemm {
+template cudaError_t launch<WKind::NVFP4>(const GemmArgs&, cudaStream_t);
+template cudaError_t launch<WKind::MXFP4>(const GemmArgs&, cudaStream_t);
+extern template cudaError_t launch<WKind::MXFP6_E2M3>(const GemmArgs&, cudaStream_t);
+extern template cudaError_t launch<WKind::MXFP6_E3M2>(const GemmArgs&, cudaStream_t);
+extern template cudaError_t launch<WKind::MXFP8_E4M3>(const GemmArgs&, cudaStream_t);
+extern template cudaError_t launch<WKind::BF16>(const GemmArgs&, cudaStream_t);
+}  // namespace gemm
+
+cudaError_t grouped_gemm(const GemmArgs& a, cudaStream_t s) {
+  switch (a.wk) {
+    case WKind::NVFP4: return gemm::launch<WKind::NVFP4>(a, s);
+    case WKind::MXFP4: return gemm::launch<WKind::MXFP4>(a, s);
+    case WKind::MXFP6_E2M3: return gemm::launch<WKind::MXFP6_E2M3>(a, s);
+    case WKind::MXFP6_E3M2: return gemm::launch<WKind::MXFP6_E3M2>(a, s);
+    case WKind::MXFP8_E4M3: return gemm::launch<WKind::MXFP8_E4M3>(a, s);
+    case WKind::BF16: return gemm::launch<WKind::BF16>(a, s);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace mxmoe::moe::cuda

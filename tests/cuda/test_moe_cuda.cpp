@@ -1,0 +1,292 @@
+// The CUDA MoE backend against the CPU `ref` backend: every MoE scheme in both emulation modes, token
+// counts that are not multiples of the tile sizes, experts with no tokens, every activation, the
+// golden checkpoints, poisoned outputs, determinism and CUDA-graph capture. Without a usable device
+// every test skips with the reason. MXMOE_TEST_QUICK=1 (the sanitizer runs) trims the sweep.
+//
+// Tolerance (rel L2 vs ref <= 5e-3): both sides compute the same function with float32 accumulation
+// of exact bf16 products, but in different orders (tensor-core k-chunks and a fixed 4-way split of K
+// on the GPU, a plain loop on the CPU): ~1e-6 relative per dot product. Those differences can flip
+// a re-quantized activation (GEMM2's input, or an NVFP4 dynamic scale) across a rounding threshold,
+// which moves one FP4 element by one step (up to ~1/3 of its value); rare flips over a few thousand
+// elements give rel L2 of order 1e-3, the same bound family as cpu vs ref (docs/numerics.md). Routing
+// must match exactly (ids) and to float32 rounding (weights).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "mxmoe/cuda.hpp"
+#include "mxmoe/moe/cuda_moe.hpp"
+#include "mxmoe/moe/layer.hpp"
+#include "mxmoe/moe/loader.hpp"
+#include "mxmoe/safetensors.hpp"
+#include "test_util.hpp"
+
+using namespace mxmoe;
+using namespace mxmoe::moe;
+
+namespace {
+
+#define SKIP_WITHOUT_DEVICE()                                                                              \
+  do {                                                                                                     \
+    std::string why_;                                                                                      \
+    if (!::mxmoe::cuda::cuda_available(&why_)) GTEST_SKIP() << "no usable CUDA device (" << why_ << ")"; \
+  } while (0)
+
+bool quick() { return std::getenv("MXMOE_TEST_QUICK") != nullptr; }
+
+double rel_l2(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), den += double(b[i]) * b[i];
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+constexpr double kTol = 5e-3;
+const SyntheticShape kSmall{"small", 64, 32, 6, 2};
+
+MoeLayer small_layer(const MoeScheme& s, uint32_t seed, bool static_scales, const SyntheticShape& sh = kSmall) {
+  MoeLayer l = synthetic_layer(sh, s, seed);
+  if (static_scales)
+    for (int e = 0; e < l.num_experts; ++e) {
+      l.w13[size_t(e)].input_scale = (3.0f + 0.25f * e) / (6 * 448);
+      l.w2[size_t(e)].input_scale = (0.5f + 0.05f * e) / (6 * 448);
+    }
+  return l;
+}
+
+struct Compared {
+  double err;
+  int64_t id_mismatch;
+  double w_err;
+};
+
+// run_moe through cuda and ref; checks finiteness of every output element.
+Compared compare(const MoeLayer& l, const Tensor& x, Emulation e, const std::string& what) {
+  MoeOptions o;
+  o.emulation = e;
+  o.backend = Backend::Ref;
+  const MoeResult ref = run_moe(l, x, o);
+  o.backend = Backend::Cuda;
+  const MoeResult got = run_moe(l, x, o);
+  EXPECT_EQ(got.backend.rfind("cuda", 0), 0u) << got.backend;
+  int64_t bad = 0;
+  for (int64_t i = 0; i < got.out.numel(); ++i) bad += !std::isfinite(got.out.ptr<float>()[i]);
+  EXPECT_EQ(bad, 0) << what << ": non-finite outputs";
+  int64_t idm = 0;
+  for (int64_t i = 0; i < ref.topk_ids.numel(); ++i) idm += got.topk_ids.ptr<int32_t>()[i] != ref.topk_ids.ptr<int32_t>()[i];
+  return {rel_l2(got.out.ptr<float>(), ref.out.ptr<float>(), ref.out.numel()), idm,
+          rel_l2(got.topk_weights.ptr<float>(), ref.topk_weights.ptr<float>(), ref.topk_weights.numel())};
+}
+
+class CudaMoeDeviceScheme : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaMoeDeviceScheme, MatchesRefInBothModes) {
+  SKIP_WITHOUT_DEVICE();
+  const MoeScheme& s = parse_moe_scheme(GetParam());
+  const bool nv_act = s.act == ActQuant::Block && traits(s.act_scheme).tensor_scale;
+  std::vector<int64_t> Ts = quick() ? std::vector<int64_t>{3, 37} : std::vector<int64_t>{1, 3, 37, 300};
+  for (bool static_scales : {false, true}) {
+    if (static_scales && !nv_act) continue;
+    const MoeLayer l = small_layer(s, 11, static_scales);
+    for (int64_t T : Ts) {
+      const Tensor x = test::random_tensor(DType::BF16, {T, kSmall.hidden}, uint32_t(5 + T));
+      for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+        const std::string what = std::string(s.name) + " " + std::string(emulation_name(e)) + " T=" +
+                                 std::to_string(T) + (static_scales ? " static" : " dynamic");
+        const Compared c = compare(l, x, e, what);
+        EXPECT_LT(c.err, kTol) << what;
+        EXPECT_EQ(c.id_mismatch, 0) << what;
+        EXPECT_LT(c.w_err, 1e-5) << what;
+        std::printf("[ %-40s ] rel L2 vs ref %.2e\n", what.c_str(), c.err);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Schemes, CudaMoeDeviceScheme, ::testing::ValuesIn([] {
+                           std::vector<std::string> v;
+                           for (const auto& s : moe_schemes()) v.emplace_back(s.name);
+                           return v;
+                         }()));
+
+// Every activation, with gpt-oss's router (top-k then softmax) for SwiGLU-OAI.
+TEST(CudaMoeDevice, EveryActivation) {
+  SKIP_WITHOUT_DEVICE();
+  for (const char* sname : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16"})
+    for (Activation act : {Activation::SiLU, Activation::GELU, Activation::GELUTanh, Activation::SwiGLUOAI}) {
+      MoeLayer l = small_layer(parse_moe_scheme(sname), 3, false);
+      l.activation = {act};
+      if (act == Activation::SwiGLUOAI) {
+        l.router.kind = RouterKind::TopKThenSoftmax, l.router.renormalize = false;
+        l.b13 = test::random_tensor(DType::F32, {l.num_experts, 2 * l.inter}, 4, 0.1f);
+        l.b2 = test::random_tensor(DType::F32, {l.num_experts, l.hidden}, 5, 0.1f);
+      }
+      const Tensor x = test::random_tensor(DType::BF16, {37, l.hidden}, 9);
+      for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+        const std::string what =
+            std::string(sname) + " " + std::string(activation_name(act)) + " " + std::string(emulation_name(e));
+        const Compared c = compare(l, x, e, what);
+        EXPECT_LT(c.err, kTol) << what;
+        EXPECT_EQ(c.id_mismatch, 0) << what;
+      }
+    }
+}
+
+// A gate bias sends every token to experts 0 and 1: the others get no rows, experts 0/1 get T rows
+// each (several tiles of the many-token path).
+TEST(CudaMoeDevice, ExpertsWithoutTokensAndCrowdedExperts) {
+  SKIP_WITHOUT_DEVICE();
+  for (const char* sname : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4"}) {
+    MoeLayer l = small_layer(parse_moe_scheme(sname), 7, false);
+    l.gate_bias = Tensor(DType::F32, {l.num_experts});
+    for (int e = 0; e < l.num_experts; ++e) l.gate_bias.ptr<float>()[e] = e < 2 ? 100.0f : 0.0f;
+    for (int64_t T : {1, 45, 300}) {
+      const Tensor x = test::random_tensor(DType::BF16, {T, l.hidden}, uint32_t(T));
+      for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+        const Compared c = compare(l, x, e, sname);
+        EXPECT_LT(c.err, kTol) << sname << " T=" << T;
+        EXPECT_EQ(c.id_mismatch, 0) << sname << " T=" << T;
+      }
+    }
+  }
+}
+
+// A wider layer (many experts, K over several 128-chunks, K % 128 != 0).
+TEST(CudaMoeDevice, WiderLayer) {
+  SKIP_WITHOUT_DEVICE();
+  const SyntheticShape sh{"wide", 352, 160, 32, 4};
+  for (const char* sname : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_mxfp6_e2m3_a_mxfp6_e2m3"}) {
+    const MoeLayer l = small_layer(parse_moe_scheme(sname), 5, false, sh);
+    for (int64_t T : quick() ? std::vector<int64_t>{5} : std::vector<int64_t>{1, 64, 257}) {
+      const Tensor x = test::random_tensor(DType::BF16, {T, sh.hidden}, uint32_t(T + 1));
+      for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+        const Compared c = compare(l, x, e, sname);
+        EXPECT_LT(c.err, kTol) << sname << " T=" << T << " " << emulation_name(e);
+        EXPECT_EQ(c.id_mismatch, 0) << sname << " T=" << T;
+      }
+    }
+  }
+}
+
+// Poisoned outputs are fully overwritten; two forwards agree bit for bit; a captured CUDA graph
+// replays to the same bits.
+TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {
+  SKIP_WITHOUT_DEVICE();
+  const MoeLayer l = small_layer(parse_moe_scheme("w_nvfp4_a_nvfp4"), 2, true);
+  const int64_t T = 37, H = l.hidden;
+  const int k = l.router.top_k;
+  const Tensor x = test::random_tensor(DType::BF16, {T, H}, 21);
+  CudaMoeLayer dev(l, 64);
+  void* dx = nullptr;
+  float *dout = nullptr, *dw = nullptr;
+  int32_t* dids = nullptr;
+  MXMOE_CUDA_CHECK(cudaMalloc(&dx, size_t(T * H) * 2));
+  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dout), size_t(T * H) * 4));
+  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dw), size_t(T * k) * 4));
+  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dids), size_t(T * k) * 4));
+  MXMOE_CUDA_CHECK(cudaMemcpy(dx, x.data.data(), size_t(T * H) * 2, cudaMemcpyHostToDevice));
+  cudaStream_t st;
+  MXMOE_CUDA_CHECK(cudaStreamCreate(&st));
+  auto run_and_get = [&](bool graph) {
+    MXMOE_CUDA_CHECK(cudaMemset(dout, 0xFF, size_t(T * H) * 4));  // NaN poison
+    MXMOE_CUDA_CHECK(cudaMemset(dids, 0xFF, size_t(T * k) * 4));
+    if (graph) {
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      MXMOE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+      dev.forward(dx, T, Emulation::Exact, dout, dids, dw, st);
+      MXMOE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+      MXMOE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+      for (int i = 0; i < 3; ++i) MXMOE_CUDA_CHECK(cudaGraphLaunch(ge, st));
+      MXMOE_CUDA_CHECK(cudaStreamSynchronize(st));
+      MXMOE_CUDA_CHECK(cudaGraphExecDestroy(ge));
+      MXMOE_CUDA_CHECK(cudaGraphDestroy(g));
+    } else {
+      dev.forward(dx, T, Emulation::Exact, dout, dids, dw, st);
+      MXMOE_CUDA_CHECK(cudaStreamSynchronize(st));
+    }
+    std::vector<float> out(size_t(T * H));
+    MXMOE_CUDA_CHECK(cudaMemcpy(out.data(), dout, out.size() * 4, cudaMemcpyDeviceToHost));
+    return out;
+  };
+  const auto a = run_and_get(false), b = run_and_get(false), c = run_and_get(true);
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_TRUE(std::isfinite(a[i])) << "unwritten output " << i;
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << "two forwards differ";
+  EXPECT_EQ(std::memcmp(a.data(), c.data(), a.size() * 4), 0) << "graph replay differs";
+  MoeOptions o;
+  o.emulation = Emulation::Exact;
+  o.backend = Backend::Ref;
+  const MoeResult ref = run_moe(l, x, o);
+  EXPECT_LT(rel_l2(a.data(), ref.out.ptr<float>(), T * H), kTol);
+  EXPECT_THROW(dev.forward(dx, 65, Emulation::Exact, dout, dids, dw, st), Error);
+  cudaStreamDestroy(st);
+  cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
+}
+
+TEST(CudaMoeDevice, AutoPicksCudaAndUnsupportedFallsBack) {
+  SKIP_WITHOUT_DEVICE();
+  const MoeLayer l = small_layer(parse_moe_scheme("w_mxfp4_a_mxfp4"), 1, false);
+  const Tensor x = test::random_tensor(DType::BF16, {4, l.hidden}, 1);
+  MoeOptions o;
+  EXPECT_EQ(run_moe(l, x, o).backend.rfind("cuda (auto", 0), 0u);
+  o.expert_map.assign(size_t(l.num_experts), 0);
+  for (int e = 0; e < l.num_experts; ++e) o.expert_map[size_t(e)] = e;
+  const MoeResult r = run_moe(l, x, o);
+  EXPECT_NE(r.backend.find("expert_map"), std::string::npos) << r.backend;
+  o.backend = Backend::Cuda;
+  test::expect_error([&] { run_moe(l, x, o); }, "expert_map");
+}
+
+struct GoldenCase {
+  const char* dir;
+  const char* io;
+};
+class CudaMoeDeviceGolden : public ::testing::TestWithParam<GoldenCase> {};
+
+TEST_P(CudaMoeDeviceGolden, MatchesEmulationReference) {
+  SKIP_WITHOUT_DEVICE();
+  const GoldenCase c = GetParam();
+  MXMOE_SKIP_WITHOUT_SHARED(dir, std::string("golden/") + c.dir);
+  MXMOE_SKIP_WITHOUT_SHARED(io_path, std::string("golden/") + c.io + "/io.safetensors");
+  const MoeLayer layer = load_moe_layer(dir, 0);
+  auto io = SafetensorsFile::open(io_path);
+  const Tensor x = io.load("hidden_states");
+  MoeOptions o;
+  o.backend = Backend::Cuda;
+  const MoeResult r = run_moe(layer, x, o);
+  const Tensor ids = io.load("topk_ids");
+  int64_t idm = 0;
+  for (int64_t i = 0; i < ids.numel(); ++i) idm += r.topk_ids.ptr<int32_t>()[i] != ids.ptr<int32_t>()[i];
+  EXPECT_EQ(idm, 0);
+  auto rel = [&](const char* name) {
+    const Tensor w = io.load(name);
+    std::vector<float> wf(size_t(w.numel()));
+    to_f32(w.data.data(), w.dtype, w.numel(), wf.data());
+    return rel_l2(r.out.ptr<float>(), wf.data(), w.numel());
+  };
+  const double e_bf16 = rel("out_emulated_bf16"), e_f32 = rel("out_emulated_f32");
+  std::printf("[ %s cuda ] rel L2 vs out_emulated_bf16 %.5f, vs out_emulated_f32 %.5f\n", c.dir, e_bf16, e_f32);
+  EXPECT_LE(std::min(e_bf16, e_f32), 0.04);
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoints, CudaMoeDeviceGolden,
+                         ::testing::Values(GoldenCase{"moe_nvfp4", "moe_nvfp4"}, GoldenCase{"moe_nvfp4_ct", "moe_nvfp4"},
+                                           GoldenCase{"moe_mxfp4_quark", "moe_mxfp4_quark"}),
+                         [](const auto& info) { return std::string(info.param.dir); });
+
+// Host-only checks (run everywhere): what the CUDA backend declares unsupported.
+TEST(CudaMoeHost, UnsupportedLayersAreNamed) {
+  MoeLayer l = small_layer(parse_moe_scheme("w_nvfp4_a_nvfp4"), 1, false);
+  EXPECT_TRUE(cuda_moe_unsupported(l, Emulation::VLLM).empty());
+  l.router.kind = RouterKind::SigmoidGroupedTopK;
+  EXPECT_NE(cuda_moe_unsupported(l, Emulation::VLLM).find("sigmoid_grouped_topk"), std::string::npos);
+  MoeLayer ds = synthetic_layer(synthetic_shape("tiny"), parse_moe_scheme("w_mxfp4_a_mxfp4"), 1);
+  ds.shared_w13 = ds.w13, ds.shared_w2 = ds.w2, ds.shared_inter = ds.inter;
+  ds.shared_w13.resize(1), ds.shared_w2.resize(1);
+  EXPECT_NE(cuda_moe_unsupported(ds, Emulation::Exact).find("shared experts"), std::string::npos);
+}
+
+}  // namespace
