@@ -2,7 +2,7 @@
 // Qwen3-30B-A3B (H 2048, I 768, 128 experts, top-8) at T = 1, 8, 64, 512 and gpt-oss-20b at T = 1, 64,
 // for w_nvfp4_a_nvfp4, w_mxfp4_a_mxfp4 and w_nvfp4_a16 in both emulation modes.
 // Counters: touched_MB = packed weights + scales of the experts that received a token (what one
-// forward must read at least); GB/s = touched bytes / time; floor_us = touched bytes / this binary's
+// forward must read at least; averaged over 16 rotating inputs, see BM_MoeLayer); GB/s = touched bytes / time; floor_us = touched bytes / this binary's
 // measured copy bandwidth (read + write bytes per second, all threads); x_floor = time / floor;
 // GFLOP/s counts 2 * T * top_k * 3 * H * I; flop_frac = that over the measured FMA peak (all threads).
 // Layers are built once per shape and scheme (a 128-expert layer takes seconds) and cached.
@@ -97,16 +97,22 @@ double touched_bytes(const MoeLayer& l, const Tensor& ids) {
 
 void BM_MoeLayer(benchmark::State& st, std::string shape, std::string scheme, Emulation e, int64_t T) {
   const MoeLayer& l = layer(shape, scheme);
-  const Tensor x = input(T, l.hidden, 7);
+  // Rotating inputs route to different experts each iteration, so the touched weights come from
+  // DRAM as in a real model (one fixed input would keep a T = 1 working set of 21 MB in the 32 MB L3).
+  constexpr int kInputs = 16;
+  std::vector<Tensor> xs;
+  for (int i = 0; i < kInputs; ++i) xs.push_back(input(T, l.hidden, uint32_t(7 + i)));
   MoeOptions o;
   o.emulation = e;
   o.backend = Backend::Cpu;
-  MoeResult r = run_moe(l, x, o);  // warm-up (page faults, thread pool)
+  double bytes = 0;
+  for (const Tensor& x : xs) bytes += touched_bytes(l, run_moe(l, x, o).topk_ids) / kInputs;  // also warm-up
+  int64_t it = 0;
   for (auto _ : st) {
-    r = run_moe(l, x, o);
+    MoeResult r = run_moe(l, xs[size_t(it++ % kInputs)], o);
     benchmark::DoNotOptimize(r.out.data.data());
   }
-  const double bytes = touched_bytes(l, r.topk_ids), bw = copy_bandwidth();
+  const double bw = copy_bandwidth();
   const double flops = 2.0 * double(T) * l.router.top_k * 3.0 * double(l.hidden) * double(l.inter);
   st.counters["touched_MB"] = bytes / 1e6;
   st.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);

@@ -83,8 +83,9 @@ void decode_wide_scalar(const uint8_t* packed, const float* block_mult, int64_t 
 }
 
 // 16 codes of `bits` bits (6: 12 bytes, 4 codes per little-endian 24-bit group) as int32 lanes.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512i unpack16(const uint8_t* in, int bits) {
-  if (bits == 8) return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in)));
+template <int bits>
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m512i unpack16(const uint8_t* in) {
+  if constexpr (bits == 8) return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in)));
   const __m128i b = _mm_maskz_loadu_epi8(0x0fff, in);
   const __m128i g = _mm_shuffle_epi8(b, _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1));
   const __m512i x = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
@@ -96,18 +97,19 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512i unpack16(con
 // Exact decode of 16 codes: a minifloat's magnitude bits placed under the float32 exponent field
 // are the value times 2^(bias - 127) (subnormal codes land on float32 subnormals), fixed by one
 // multiply; E4M3's S.1111.111 is NaN, E5M2's all-ones exponent Inf/NaN; INT8 is k / 64.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 decode16(__m512i c, Encoding e) {
-  if (e == Encoding::INT8)
+template <Encoding e>
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m512 decode16(__m512i c) {
+  if constexpr (e == Encoding::INT8)
     return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(c, 24), 24)), _mm512_set1_ps(1.0f / 64));
-  const auto& t = traits(e);
+  constexpr auto t = traits(e);
   const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32((1 << (t.bits - 1)) - 1));
   const __m512i sign = _mm512_slli_epi32(_mm512_srli_epi32(c, t.bits - 1), 31);
   __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 23 - t.mbits)),
                            _mm512_castsi512_ps(_mm512_set1_epi32((254 - t.bias) << 23)));
-  if (t.special == Special::FnNaN)
+  if constexpr (t.special == Special::FnNaN)
     v = _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f)),
                            _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
-  if (t.special == Special::IEEE) {
+  if constexpr (t.special == Special::IEEE) {
     const __m512i inf_code = _mm512_set1_epi32(((1 << t.ebits) - 1) << t.mbits);
     v = _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(mag, inf_code), _mm512_set1_ps(INFINITY));
     v = _mm512_mask_mov_ps(v, _mm512_cmpgt_epi32_mask(mag, inf_code),
@@ -116,12 +118,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 decode16(__m5
   return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
 }
 
+template <int bits, Encoding element>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void decode_wide_avx512(const uint8_t* packed,
                                                                                const float* block_mult, int64_t K,
-                                                                               int block, int bits, Encoding element,
-                                                                               bool to_bf16, float* out) {
+                                                                               int block, bool to_bf16, float* out) {
   for (int64_t c = 0; c < K; c += 16) {
-    __m512 v = decode16(unpack16(packed + c * bits / 8, bits), element);
+    // Rows are short (K * bits / 8 bytes): fetch 4 KiB ahead so the next rows are in flight.
+    if (c % 512 == 0) _mm_prefetch(reinterpret_cast<const char*>(packed + c * bits / 8 + 4096), _MM_HINT_T0);
+    __m512 v = decode16<element>(unpack16<bits>(packed + c * bits / 8));
     v = _mm512_mul_ps(v, _mm512_set1_ps(block_mult[c / block]));
     if (to_bf16) {
       __m512i u = _mm512_castps_si512(v);
@@ -153,10 +157,16 @@ bool simd_active() { return have_avx512(); }
 void decode_wide_row(const uint8_t* packed, const float* block_mult, int64_t K, int block, int bits,
                      Encoding element, bool to_bf16, float* out, bool allow_simd) {
   const bool daz = (_mm_getcsr() & 0x0040) != 0;  // the exact decode needs float32 subnormals
-  if (allow_simd && have_avx512() && !daz && K % 16 == 0 && block % 16 == 0 && (bits == 6 || bits == 8))
-    decode_wide_avx512(packed, block_mult, K, block, bits, element, to_bf16, out);
-  else
-    decode_wide_scalar(packed, block_mult, K, block, bits, element, to_bf16, out);
+  if (allow_simd && have_avx512() && !daz && K % 16 == 0 && block % 16 == 0 && bits == traits(element).bits)
+    switch (element) {
+      case Encoding::E2M3: return decode_wide_avx512<6, Encoding::E2M3>(packed, block_mult, K, block, to_bf16, out);
+      case Encoding::E3M2: return decode_wide_avx512<6, Encoding::E3M2>(packed, block_mult, K, block, to_bf16, out);
+      case Encoding::E4M3: return decode_wide_avx512<8, Encoding::E4M3>(packed, block_mult, K, block, to_bf16, out);
+      case Encoding::E5M2: return decode_wide_avx512<8, Encoding::E5M2>(packed, block_mult, K, block, to_bf16, out);
+      case Encoding::INT8: return decode_wide_avx512<8, Encoding::INT8>(packed, block_mult, K, block, to_bf16, out);
+      default: break;
+    }
+  decode_wide_scalar(packed, block_mult, K, block, bits, element, to_bf16, out);
 }
 
 float dot(const float* a, const float* b, int64_t n) {
