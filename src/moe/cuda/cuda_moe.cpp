@@ -67,7 +67,7 @@ k::AQ act_kind(const MoeScheme& s) {
 
 // Expert weights of one projection kind (w13 or w2), all experts, on the device.
 struct DevProj {
-  DevMem codes, scales, mult_vllm, mult_exact, alpha_vllm, alpha_exact, bias, static_gs_e;
+  DevMem codes, scales, gs, alpha_vllm, alpha_exact, bias, static_gs_e;
   int64_t N = 0, K = 0, row_bytes = 0;
   float vllm_static_gs = 0.0f;  // 1 / max input_scale, or 0 (dynamic)
 
@@ -75,7 +75,7 @@ struct DevProj {
               std::vector<std::string>& warnings) {
     const size_t E = ws.size();
     N = ws[0].out_features(), K = ws[0].in_features();
-    std::vector<float> mv(E * 256, 1.0f), me(E * 256, 1.0f), av(E, 1.0f), ae(E, 1.0f), sgs(E, 0.0f);
+    std::vector<float> wgs(E, 1.0f), av(E, 1.0f), ae(E, 1.0f), sgs(E, 0.0f);
     float lo = INFINITY, hi = 0;
     for (size_t e = 0; e < E; ++e) {
       lo = std::min(lo, ws[e].input_scale), hi = std::max(hi, ws[e].input_scale);
@@ -105,19 +105,14 @@ struct DevProj {
         const QuantizedTensor& q = *ws[e].packed;
         std::memcpy(hc.data() + e * size_t(N * row_bytes), q.codes.data.data(), size_t(N * row_bytes));
         std::memcpy(hs.data() + e * size_t(N * nb), q.scales.data.data(), size_t(N * nb));
-        const float gs = q.params.global_scale;
-        for (int c = 0; c < 256; ++c) {
-          const float sv = decode(st.scale, uint8_t(c));
-          me[e * 256 + size_t(c)] = sv;
-          mv[e * 256 + size_t(c)] = st.tensor_scale ? sv / gs : sv;
-        }
-        if (st.tensor_scale) ae[e] = 1.0f / gs;
+        const float g = q.params.global_scale;
+        wgs[e] = g;
+        if (st.tensor_scale) ae[e] = 1.0f / g;
       }
       codes.upload(hc.data(), hc.size());
       scales.upload(hs.data(), hs.size());
     }
-    mult_vllm.upload(mv.data(), mv.size() * 4);
-    mult_exact.upload(me.data(), me.size() * 4);
+    gs.upload(wgs.data(), wgs.size() * 4);
     alpha_vllm.upload(av.data(), av.size() * 4);
     alpha_exact.upload(ae.data(), ae.size() * 4);
     static_gs_e.upload(sgs.data(), sgs.size() * 4);
@@ -303,7 +298,7 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   }
   auto common = [&](k::GemmArgs& g, const DevProj& w) {
     g.wk = m.wk, g.codes = w.codes.as<uint8_t>(), g.row_bytes = w.row_bytes, g.scales = w.scales.as<uint8_t>();
-    g.mult = vllm ? w.mult_vllm.as<float>() : w.mult_exact.as<float>();
+    g.w_gs = w.gs.as<float>();
     g.w_alpha = vllm ? w.alpha_vllm.as<float>() : w.alpha_exact.as<float>();
     g.bias = w.bias.p ? w.bias.as<float>() : nullptr;
     g.N = int(w.N), g.K = int(w.K), g.vllm = vllm;

@@ -1,20 +1,20 @@
 // The fused grouped expert GEMM (sm_80+ bf16 tensor cores, mma.sync m16n8k16), "swap AB": the
 // expert weight rows are the MMA's M side, the tokens of one expert its N side (8 per n-tile).
 //
-// CTA = 4 warps = 32 weight rows (two m-tiles) x 8*NT tokens of one expert; the warps split K in
-// chunks of 128 (warp w takes chunks w, w+4, ...). Per chunk a thread (g = lane/4, t = lane%4) loads
+// CTA = 8 warps = 32 weight rows (two m-tiles) x 8*NT tokens of one expert; the warps split K in
+// chunks of 128 (warp w takes chunks w, w+8, ...; NT = 1 prefetches its next chunk). Per chunk a thread (g = lane/4, t = lane%4) loads
 // 32 consecutive elements (k = 32t..32t+31) of four weight rows (g, g+8 of each m-tile) straight
 // from the packed codes (16 bytes of FP4) plus their block scales, decodes them in registers to bf16
 // (element * scale multiplier, see below), and 32 consecutive bf16 activations of token g of each
 // n-tile. The K order inside the chunk is permuted consistently for both operands (MMA k index
 // 2t+j <-> element 32t+4s+j, 2t+8+j <-> 32t+4s+2+j in step s), which is legal because a dot product
-// does not depend on the order of its terms; it lets every thread use wide contiguous loads. The four
+// does not depend on the order of its terms; it lets every thread use wide contiguous loads. The eight
 // warps' partial sums are added in a fixed order through shared memory (deterministic), then the
 // epilogue applies alpha, bias, the bf16 rounding of vllm mode, and (GEMM1) the gated activation.
 //
 // Weight values: exact mode element * block scale, exact in bf16; vllm mode NVFP4
 // bf16(element * (scale / gs)), the same float32 operations as the CPU path; the multiplier of each
-// scale byte is precomputed per expert ([E][256] table, mode-dependent).
+// scale byte is computed in registers (scale_mult), no dependent table load.
 #pragma once
 #include "moe/cuda/moe_device.cuh"
 
@@ -110,15 +110,27 @@ __device__ __forceinline__ void e2m1x8_bf16(uint32_t w, uint32_t out[4]) {
 }
 
 // Decoded bf16 pairs (16 words) of one thread's 32 elements.
+// The multiplier of one scale byte: exact mode the decoded scale; vllm mode NVFP4 scale / gs (the CPU's
+// float32 division), MX the decoded power of two.
 template <WKind W>
-__device__ __forceinline__ void decode(const Raw<W>& r, const float* mult, uint32_t out[16]) {
+__device__ __forceinline__ float scale_mult(uint32_t byte, float vllm_gs) {
+  if constexpr (W == WKind::NVFP4) {
+    const float s = cc::decode<Encoding::UE4M3>(byte);
+    return vllm_gs > 0.0f ? cc::div_rn(s, vllm_gs) : s;
+  } else {
+    return cc::decode_ue8m0(byte);
+  }
+}
+
+template <WKind W>
+__device__ __forceinline__ void decode(const Raw<W>& r, float vllm_gs, uint32_t out[16]) {
   constexpr int bits = WT<W>::bits;
   if constexpr (W == WKind::BF16) {
 #pragma unroll
     for (int i = 0; i < 16; ++i) out[i] = r.w[i];
   } else if constexpr (bits == 4) {
-    const float m0 = __ldg(mult + (r.s & 0xffu));
-    const float m1 = W == WKind::NVFP4 ? __ldg(mult + (r.s >> 8)) : m0;
+    const float m0 = scale_mult<W>(r.s & 0xffu, vllm_gs);
+    const float m1 = W == WKind::NVFP4 ? scale_mult<W>(r.s >> 8, vllm_gs) : m0;
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       uint32_t e[4];
@@ -129,7 +141,7 @@ __device__ __forceinline__ void decode(const Raw<W>& r, const float* mult, uint3
         out[4 * q + i] = pack_bf16x2(cc::mul_rn(cc::bitsf(e[i] << 16), m), cc::mul_rn(cc::bitsf(e[i] & 0xffff0000u), m));
     }
   } else {
-    const float m = __ldg(mult + (r.s & 0xffu));
+    const float m = scale_mult<W>(r.s & 0xffu, vllm_gs);
     uint32_t c[32];
     if constexpr (bits == 8) {
 #pragma unroll
@@ -206,10 +218,10 @@ __device__ __forceinline__ float act_alpha(const GemmArgs& a, int e) {
   return 1.0f;
 }
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 
 template <WKind W, int NT, int SPLIT, bool GATED>
-__global__ void __launch_bounds__(128) moe_gemm_kernel(const GemmArgs a) {
+__global__ void __launch_bounds__(kWarps * 32) moe_gemm_kernel(const GemmArgs a) {
   constexpr int kTok = 8 * NT, kLd = kTok + 1;
   __shared__ float red[kWarps][32][kLd];
   const int tile = blockIdx.x;
@@ -232,7 +244,7 @@ __global__ void __launch_bounds__(128) moe_gemm_kernel(const GemmArgs a) {
     rc[i] = a.codes + row * (bits == 16 ? a.K * 2 : a.row_bytes);
     rs[i] = W == WKind::BF16 ? nullptr : a.scales + row * nbk;
   }
-  const float* mult = W == WKind::BF16 ? nullptr : a.mult + int64_t(e) * 256;
+  const float vllm_gs = (W == WKind::NVFP4 && a.vllm) ? a.w_gs[e] : 0.0f;
   int64_t brow[NT];
   bool bval[NT];
 #pragma unroll
@@ -250,19 +262,28 @@ __global__ void __launch_bounds__(128) moe_gemm_kernel(const GemmArgs a) {
       for (int i = 0; i < 4; ++i) acc[m][j][i] = 0.0f;
 
   const int nchunks = (a.K + 127) / 128;
-  for (int c = warp; c < nchunks; c += kWarps) {
+  constexpr int kBuf = NT == 1 ? 2 : 1;  // NT == 1: the next chunk's loads are in flight during this one's math
+  Raw<W> raw[kBuf][4];
+  uint32_t bw[kBuf][NT][SPLIT][16];
+  auto load_chunk = [&](int c, int buf) {
     const int64_t k0 = int64_t(c) * 128 + 32 * t;
     const bool kv = k0 < a.K;
-    Raw<W> raw[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) load_raw<W>(a, rc[i], rs[i], k0, kv, raw[i]);
-    uint32_t bw[NT][SPLIT][16];
+    for (int i = 0; i < 4; ++i) load_raw<W>(a, rc[i], rs[i], k0, kv, raw[buf][i]);
 #pragma unroll
-    for (int j = 0; j < NT; ++j) load_b<SPLIT>(a, brow[j], k0, kv && bval[j], bw[j]);
+    for (int j = 0; j < NT; ++j) load_b<SPLIT>(a, brow[j], k0, kv && bval[j], bw[buf][j]);
+  };
+  if (warp < nchunks) load_chunk(warp, 0);
+  int cur = 0;
+  for (int c = warp; c < nchunks; c += kWarps) {
+    if constexpr (kBuf == 2) {
+      if (c + kWarps < nchunks) load_chunk(c + kWarps, cur ^ 1);
+    }
+    const bool kv = int64_t(c) * 128 + 32 * t < a.K;
     uint32_t aw[4][16];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      decode<W>(raw[i], mult, aw[i]);
+      decode<W>(raw[cur][i], vllm_gs, aw[i]);
       if (!kv)
 #pragma unroll
         for (int q = 0; q < 16; ++q) aw[i][q] = 0;
@@ -276,7 +297,12 @@ __global__ void __launch_bounds__(128) moe_gemm_kernel(const GemmArgs a) {
 #pragma unroll
           for (int sp = 0; sp < SPLIT; ++sp)
             mma_bf16(acc[m][j], aw[2 * m][2 * s], aw[2 * m + 1][2 * s], aw[2 * m][2 * s + 1], aw[2 * m + 1][2 * s + 1],
-                     bw[j][sp][2 * s], bw[j][sp][2 * s + 1]);
+                     bw[cur][j][sp][2 * s], bw[cur][j][sp][2 * s + 1]);
+    if constexpr (kBuf == 2) {
+      cur ^= 1;
+    } else {
+      if (c + kWarps < nchunks) load_chunk(c + kWarps, 0);
+    }
   }
 #pragma unroll
   for (int m = 0; m < 2; ++m)
@@ -339,9 +365,9 @@ cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
   const dim3 grid(unsigned(a.max_tiles), unsigned(gated ? a.N / 32 : a.N / 32));
   auto go = [&](auto nt) {
     constexpr int NT = decltype(nt)::value;
-    if (gated) moe_gemm_kernel<W, NT, 1, true><<<grid, 128, 0, s>>>(a);
-    else if (split) moe_gemm_kernel<W, NT, 3, false><<<grid, 128, 0, s>>>(a);
-    else moe_gemm_kernel<W, NT, 1, false><<<grid, 128, 0, s>>>(a);
+    if (gated) moe_gemm_kernel<W, NT, 1, true><<<grid, kWarps * 32, 0, s>>>(a);
+    else if (split) moe_gemm_kernel<W, NT, 3, false><<<grid, kWarps * 32, 0, s>>>(a);
+    else moe_gemm_kernel<W, NT, 1, false><<<grid, kWarps * 32, 0, s>>>(a);
   };
   if (a.max_tiles == 0) return cudaSuccess;
   if (a.nt == 1) go(std::integral_constant<int, 1>{});
