@@ -33,8 +33,8 @@ float shared_nvfp4_gs(const std::vector<ExpertLinear>& ws, const float* rows, in
 }
 
 // Exact mode: each expert's own static scale, or dynamic over its rows.
-float expert_nvfp4_gs(const ExpertLinear& w, const float* rows, int64_t n) {
-  return w.input_scale > 0 ? 1.0f / w.input_scale : nvfp4_default_global_scale(detail::amax(rows, n));
+float expert_nvfp4_gs(const ExpertLinear& w, const float* rows, int64_t count) {
+  return w.input_scale > 0 ? 1.0f / w.input_scale : nvfp4_default_global_scale(detail::amax(rows, count));
 }
 
 float fp8_scale(const float* rows, int64_t n) {
@@ -89,7 +89,7 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, const ExpertSet& s
     for (int le = 0; le < g.num_local_experts; ++le) {
       auto [o, n] = rows_of(le);
       float* r = a1.data() + o * H;
-      const float gs = nv_act ? expert_nvfp4_gs(w13[size_t(local_to_global[size_t(le)])], r, n) : 1.0f;
+      const float gs = nv_act ? expert_nvfp4_gs(w13[size_t(local_to_global[size_t(le)])], r, n * H) : 1.0f;
       alpha1[size_t(le)] = detail::quantize_activation_rows(l, e, gs, fp8_1, r, n, H);
     }
   }
@@ -117,7 +117,7 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, const ExpertSet& s
     for (int le = 0; le < g.num_local_experts; ++le) {
       auto [o, n] = rows_of(le);
       float* r = a2.data() + o * I;
-      const float gs = nv_act ? expert_nvfp4_gs(w2[size_t(local_to_global[size_t(le)])], r, n) : 1.0f;
+      const float gs = nv_act ? expert_nvfp4_gs(w2[size_t(local_to_global[size_t(le)])], r, n * I) : 1.0f;
       alpha2[size_t(le)] = detail::quantize_activation_rows(l, e, gs, fp8_2, r, n, I);
     }
   }
