@@ -56,7 +56,10 @@ void write_checkpoint(const std::string& dir, const MoeLayer& dense, const Tenso
   const auto x = as_f32(calib);
   float xmax = 0;
   for (float v : x) xmax = std::max(xmax, std::fabs(v));
-  std::vector<std::pair<std::string, Tensor>> tensors{{"model.layers.0.mlp.gate.weight", dense.gate}};
+  // Checkpoints store the router in bf16 (the layer holds it in float32; the values are bf16).
+  Tensor gate16 = Tensor::uninitialized(DType::BF16, dense.gate.shape);
+  from_f32(dense.gate.ptr<float>(), dense.gate.numel(), DType::BF16, gate16.data.data());
+  std::vector<std::pair<std::string, Tensor>> tensors{{"model.layers.0.mlp.gate.weight", gate16}};
   for (int e = 0; e < dense.num_experts; ++e) {
     const auto& w13 = dense.w13[size_t(e)];
     const std::string P = fmt::format("model.layers.0.mlp.experts.{}.", e);

@@ -140,7 +140,7 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
 
   const Checkpoint ck = Checkpoint::open(dir);
   const std::string P = names.moe_prefix;
-  l.gate = require(ck, P + names.gate, {l.num_experts, l.hidden});
+  l.gate = to_f32_tensor(require(ck, P + names.gate, {l.num_experts, l.hidden}));  // float32 once, not per call
   const int64_t H = l.hidden, I = l.inter, E = l.num_experts;
 
   if (oss) {

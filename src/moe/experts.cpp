@@ -14,7 +14,7 @@ namespace {
 
 using detail::round_bf16;
 
-void round_all_bf16(std::vector<float>& v) {
+void round_all_bf16(detail::Floats& v) {
   for (auto& x : v) x = round_bf16(x);
 }
 
@@ -80,7 +80,8 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, const ExpertSet& s
   auto rows_of = [&](int le) { return std::pair{g.expert_offsets[size_t(le)], g.rows_of(le)}; };
 
   // GEMM1 input. vllm: one qdq over all rows with the shared scale. exact: per expert.
-  std::vector<float> a1(x, x + P * H), alpha1(size_t(g.num_local_experts), 1.0f);
+  detail::Floats a1(x, x + P * H);
+  std::vector<float> alpha1(size_t(g.num_local_experts), 1.0f);
   const float fp8_1 = s.act == ActQuant::FP8Tensor ? fp8_scale(a1.data(), P * H) : 1.0f;
   if (vllm) {
     const float gs = nv_act ? shared_nvfp4_gs(w13, a1.data(), P * H, "w13", warnings) : 1.0f;
@@ -94,7 +95,7 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, const ExpertSet& s
     }
   }
 
-  std::vector<float> h1(size_t(P * 2 * I));
+  detail::Floats h1(size_t(P * 2 * I));
   std::vector<GemmTask> tasks;
   for (int le = 0; le < g.num_local_experts; ++le) {
     auto [o, n] = rows_of(le);
@@ -106,7 +107,8 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, const ExpertSet& s
   be.grouped_gemm(tasks, e);
   if (vllm) round_all_bf16(h1);
 
-  std::vector<float> a2(size_t(P * I)), alpha2(size_t(g.num_local_experts), 1.0f);
+  detail::Floats a2(size_t(P * I));
+  std::vector<float> alpha2(size_t(g.num_local_experts), 1.0f);
   apply_activation(l.activation, h1.data(), P, I, a2.data());
   if (vllm) round_all_bf16(a2);
   const float fp8_2 = s.act == ActQuant::FP8Tensor ? fp8_scale(a2.data(), P * I) : 1.0f;

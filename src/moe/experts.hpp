@@ -55,6 +55,8 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, const ExpertSet& s
                  std::vector<std::string>& warnings);
 
 namespace detail {
+// Scratch buffers that kernels fill completely: no zero fill (page faults dominated large T).
+using Floats = std::vector<float, DefaultInitAllocator<float>>;
 // Decodes rows [r0, r1) of a projection into float32 [r1 - r0, in]: exact element*block-scale products
 // (Exact) or vLLM's bf16 dequantization with the tensor scale folded in (VLLM). Returns the factor
 // still to apply to the accumulator (Exact NVFP4: 1/global_scale, else 1).

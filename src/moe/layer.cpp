@@ -83,10 +83,16 @@ const ExpertsBackend& pick_backend(const MoeLayer& l, const MoeOptions& o, std::
 
 Tensor router_logits(const MoeLayer& l, const float* x, int64_t T) {
   const int64_t E = l.num_experts, H = l.hidden;
-  std::vector<float> g(size_t(E * H));
-  to_f32(l.gate.data.data(), l.gate.dtype, E * H, g.data());
-  Tensor logits(DType::F32, {T, E});
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(E), int(H), 1.0f, x, int(H), g.data(), int(H), 0.0f,
+  // Loaders and builders keep the router in float32 (exact for bf16 checkpoints); convert otherwise.
+  detail::Floats converted;
+  const float* g = l.gate.ptr<float>();
+  if (l.gate.dtype != DType::F32) {
+    converted.resize(size_t(E * H));
+    to_f32(l.gate.data.data(), l.gate.dtype, E * H, converted.data());
+    g = converted.data();
+  }
+  Tensor logits = Tensor::uninitialized(DType::F32, {T, E});
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(E), int(H), 1.0f, x, int(H), g, int(H), 0.0f,
               logits.ptr<float>(), int(E));
   float* lg = logits.ptr<float>();
   for (int64_t t = 0; t < T; ++t)
@@ -119,7 +125,7 @@ MoeResult run_moe(const MoeLayer& l, const Tensor& hs, const MoeOptions& o) {
   const ExpertsBackend& be = pick_backend(l, o, r.backend);
 #endif
 
-  std::vector<float> x(size_t(T * H));
+  detail::Floats x(size_t(T * H));
   to_f32(hs.data.data(), hs.dtype, T * H, x.data());
   for (int64_t i = 0; i < T * H; ++i)
     MXMOE_CHECK(std::isfinite(x[size_t(i)]), "hidden_states: non-finite value at token {}, column {}", i / H, i % H);
@@ -145,7 +151,7 @@ MoeResult run_moe(const MoeLayer& l, const Tensor& hs, const MoeOptions& o) {
     if (le >= 0) local_to_global[size_t(le)] = e;
   }
   // Shared experts see every token, unweighted (before any router weight is applied to the input).
-  std::vector<float> shared;
+  detail::Floats shared;
   if (!l.shared_w13.empty()) {
     const std::vector<int32_t> all_to_0(size_t(T), 0);
     const ExpertGroups sg = group_by_expert(all_to_0.data(), T, 1, 1, nullptr);
@@ -154,11 +160,11 @@ MoeResult run_moe(const MoeLayer& l, const Tensor& hs, const MoeOptions& o) {
   }
   if (o.apply_router_weight_on_input) apply_router_weight_on_input(x.data(), H, T, H, r.topk_weights.ptr<float>(), k);
 
-  std::vector<float> xp(size_t(g.num_rows() * H)), yp(size_t(g.num_rows() * H));
+  detail::Floats xp(size_t(g.num_rows() * H)), yp(size_t(g.num_rows() * H));
   gather_rows(x.data(), H, H, g, xp.data());
   run_experts(be, l, routed_experts(l), o.emulation, g, local_to_global, xp.data(), yp.data(), r.warnings);
 
-  r.out = Tensor(DType::F32, {T, H});
+  r.out = Tensor::uninitialized(DType::F32, {T, H});
   float* out = r.out.ptr<float>();
   finalize(g, yp.data(), H, r.topk_weights.ptr<float>(), T, k, o.apply_router_weight_on_input, out);
   // vllm: the layer returns the activation dtype, and adds the (bf16) shared output to the bf16 routed one.

@@ -56,7 +56,10 @@ MoeLayer synthetic_layer(const SyntheticShape& s, const MoeScheme& scheme, uint3
   l.router = {oss ? RouterKind::TopKThenSoftmax : RouterKind::SoftmaxTopK, s.num_experts, s.top_k, !oss};
   l.activation = {oss ? Activation::SwiGLUOAI : Activation::SiLU};
   Rng rng{0x9e3779b97f4a7c15ull ^ (uint64_t(seed) << 1 | 1)};
-  l.gate = random_bf16({s.num_experts, s.hidden}, 1.0f / std::sqrt(float(s.hidden)), rng);
+  // A bf16 router, held in float32 like the loader holds it.
+  const Tensor gate16 = random_bf16({s.num_experts, s.hidden}, 1.0f / std::sqrt(float(s.hidden)), rng);
+  l.gate = Tensor::uninitialized(DType::F32, gate16.shape);
+  to_f32(gate16.data.data(), DType::BF16, gate16.numel(), l.gate.ptr<float>());
   const bool dsv3 = s.name.rfind("deepseek", 0) == 0;
   if (dsv3) {  // DeepSeek-V3 routing (8 groups, 4 kept, scaling 2.5), a correction bias and one shared expert
     const int groups = s.num_experts % 8 == 0 ? 8 : 1;
