@@ -1,8 +1,10 @@
 // CUDA MoE layer benchmark: one synthetic layer of a real model's shape per scheme, forward for
-// T tokens captured in a CUDA graph (one graph per rotating input set), median of CUDA-event timings.
+// T tokens captured in a CUDA graph (one graph per rotating input set), median of CUDA-event timings;
+// eager_us: the same forward launched directly (kernel launch overhead included).
 // Prints one line per (shape, scheme, mode, T) with the roofline floor (touched packed weights +
 // activations at the measured copy bandwidth, GEMM FLOPs at the bf16 tensor-core rate).
-//   bench_moe_cuda [--shape qwen3-30b-a3b] [--schemes a,b] [--tokens 1,64,4096] [--bw GB/s] [--tflops N]
+//   bench_moe_cuda [--shape qwen3-30b-a3b] [--schemes a,b] [--tokens 1,64,4096] [--modes vllm,exact]
+//                  [--paths auto,tiled,gemv] [--tflops N]   (mode column: vllm / exact, or vllm-tiled ... for a forced path)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/cuda/moe_heuristics.hpp"
 #include "mxmoe/cuda.hpp"
 #include "mxmoe/moe/cuda_moe.hpp"
 #include "mxmoe/moe/layer.hpp"
@@ -57,7 +60,7 @@ double measure_copy_bw() {  // device-to-device copy, bytes read + written
 
 int main(int argc, char** argv) {
   std::string shape = "qwen3-30b-a3b", schemes = "w_nvfp4_a_nvfp4,w_mxfp4_a_mxfp4,w_nvfp4_a16", tokens = "1,64,4096";
-  std::string modes = "vllm,exact";
+  std::string modes = "vllm,exact", paths = "auto";
   double tflops = 790;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -65,6 +68,7 @@ int main(int argc, char** argv) {
     else if (k == "--schemes") schemes = v;
     else if (k == "--tokens") tokens = v;
     else if (k == "--modes") modes = v;
+    else if (k == "--paths") paths = v;  // auto,tiled,gemv (grouped-GEMM kernel choice)
     else if (k == "--tflops") tflops = std::stod(v);
   }
   std::string why;
@@ -78,8 +82,8 @@ int main(int argc, char** argv) {
   std::vector<int64_t> Ts;
   for (auto& t : split(tokens)) Ts.push_back(std::stoll(t));
   const int64_t maxT = *std::max_element(Ts.begin(), Ts.end());
-  std::printf("%-14s %-18s %-6s %6s %10s %10s %8s %8s\n", "shape", "scheme", "mode", "T", "us", "floor_us", "x_floor",
-              "experts");
+  std::printf("%-14s %-18s %-6s %6s %10s %10s %8s %8s %10s\n", "shape", "scheme", "mode", "T", "us", "floor_us", "x_floor",
+              "experts", "eager_us");
   for (const auto& sname : split(schemes)) {
     const MoeScheme& s = parse_moe_scheme(sname);
     MoeLayer l = synthetic_layer(sh, s, 1);
@@ -110,8 +114,13 @@ int main(int argc, char** argv) {
     MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ids), size_t(maxT * k) * 4));
     cudaStream_t st;
     MXMOE_CUDA_CHECK(cudaStreamCreate(&st));
-    for (const auto& mname : split(modes)) {
-      const Emulation em = parse_emulation(mname);
+    for (const auto& pname : split(paths))
+    for (const auto& mode_name : split(modes)) {
+      const Emulation em = parse_emulation(mode_name);
+      mxmoe::moe::cuda::gemm_path_override() = pname == "tiled" ? mxmoe::moe::cuda::GemmPath::Tiled
+                                               : pname == "gemv" ? mxmoe::moe::cuda::GemmPath::Gemv
+                                                                 : mxmoe::moe::cuda::GemmPath::Auto;
+      const std::string mname = pname == "auto" ? mode_name : mode_name + "-" + pname;
       for (int64_t T : Ts) {
         cudaGraphExec_t ge[kSets];
         for (int i = 0; i < kSets; ++i) {
@@ -138,6 +147,20 @@ int main(int argc, char** argv) {
         }
         std::sort(ms.begin(), ms.end());
         const double us = ms[ms.size() / 2] * 1e3;
+        // eager: the same forward launched kernel by kernel (launch overhead included)
+        for (int i = 0; i < 2 * kSets; ++i) dev.forward(x[i % kSets], T, em, out, ids, w, st);
+        ms.clear();
+        for (int it = 0; it < 25; ++it) {
+          cudaEventRecord(e0, st);
+          for (int r = 0; r < reps; ++r) dev.forward(x[(it * reps + r) % kSets], T, em, out, ids, w, st);
+          cudaEventRecord(e1, st);
+          MXMOE_CUDA_CHECK(cudaEventSynchronize(e1));
+          float m;
+          cudaEventElapsedTime(&m, e0, e1);
+          ms.push_back(m / reps);
+        }
+        std::sort(ms.begin(), ms.end());
+        const double eager_us = ms[ms.size() / 2] * 1e3;
         // experts touched by the last input set
         std::vector<int32_t> hid(size_t(T * k));
         MXMOE_CUDA_CHECK(cudaMemcpy(hid.data(), ids, hid.size() * 4, cudaMemcpyDeviceToHost));
@@ -145,8 +168,8 @@ int main(int argc, char** argv) {
         const double bytes = touched.size() * expert_bytes + double(T * H) * (2 + 4);
         const double flops = 2.0 * double(T * k) * (2.0 * I * H + double(I) * H);
         const double floor_us = std::max(bytes / bw, flops / (tflops * 1e12)) * 1e6;
-        std::printf("%-14s %-18s %-6s %6lld %10.1f %10.1f %8.2f %8zu\n", shape.c_str(), sname.c_str(), mname.c_str(),
-                    (long long)T, us, floor_us, us / floor_us, touched.size());
+        std::printf("%-14s %-18s %-6s %6lld %10.1f %10.1f %8.2f %8zu %10.1f\n", shape.c_str(), sname.c_str(),
+                    mname.c_str(), (long long)T, us, floor_us, us / floor_us, touched.size(), eager_us);
         std::fflush(stdout);
         for (auto& g : ge) cudaGraphExecDestroy(g);
         cudaEventDestroy(e0), cudaEventDestroy(e1);

@@ -35,7 +35,7 @@ for line in open(sys.argv[1]):
 mx = {}
 for line in open(sys.argv[2]):
     p = line.split()
-    if len(p) == 8 and p[0] == "qwen3-30b-a3b" and p[1] == "w_nvfp4_a_nvfp4":
+    if len(p) >= 8 and p[0] == "qwen3-30b-a3b" and p[1] == "w_nvfp4_a_nvfp4":
         mx[(p[2], int(p[3]))] = (float(p[4]), float(p[5]))
 print("\nQwen3-30B-A3B layer, w_nvfp4_a_nvfp4 (us, median)")
 print(f"{'tokens':>6} | {'vLLM recipe':>11} | {'bf16 torch':>10} | {'mxmoe vllm':>10} | {'mxmoe exact':>11} | {'floor':>6} | x floor")

@@ -23,6 +23,7 @@
 #include "mxmoe/moe/layer.hpp"
 #include "mxmoe/moe/loader.hpp"
 #include "mxmoe/safetensors.hpp"
+#include "moe/cuda/moe_heuristics.hpp"
 #include "test_util.hpp"
 
 using namespace mxmoe;
@@ -224,6 +225,98 @@ TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {
   const MoeResult ref = run_moe(l, x, o);
   EXPECT_LT(rel_l2(a.data(), ref.out.ptr<float>(), T * H), kTol);
   EXPECT_THROW(dev.forward(dx, 65, Emulation::Exact, dout, dids, dw, st), Error);
+  cudaStreamDestroy(st);
+  cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
+}
+
+// Forces a grouped-GEMM path for one scope (the decode-shaped GEMV kernel or the tiled kernel).
+struct ForcePath {
+  mxmoe::moe::cuda::GemmPath saved;
+  explicit ForcePath(mxmoe::moe::cuda::GemmPath p) : saved(mxmoe::moe::cuda::gemm_path_override()) { mxmoe::moe::cuda::gemm_path_override() = p; }
+  ~ForcePath() { mxmoe::moe::cuda::gemm_path_override() = saved; }
+};
+
+// The GEMV kernel (sm90_fp4_moe_gemv.cu) and the tiled kernel on the same inputs, each against the CPU
+// ref, and against each other, at token counts where the heuristic would pick the other one (tiles of
+// 8 tokens over crowded experts; K % 128 != 0 in the wider layer). Both feed the tensor cores the same
+// bf16 operands (the GEMV kernel's scale tables hold the tiled kernel's bf16(|q| * m) values); only the
+// float32 summation order differs (split-K groups, chunk order), so the bound is the same as vs ref
+// (kTol: a float32 rounding difference can flip a re-quantized GEMM2 input by one FP4 step).
+TEST(CudaMoeDevice, GemvAndTiledPathsAgree) {
+  SKIP_WITHOUT_DEVICE();
+  const SyntheticShape wide{"wide", 352, 160, 32, 4};
+  for (const char* sname : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16", "w_mxfp4_a16", "w_mxfp4_a_fp8"})
+    for (const SyntheticShape* sh : {&kSmall, &wide}) {
+      const MoeLayer l = small_layer(parse_moe_scheme(sname), 13, sh == &kSmall, *sh);
+      for (int64_t T : quick() ? std::vector<int64_t>{5} : std::vector<int64_t>{1, 5, 64, 300}) {
+        const Tensor x = test::random_tensor(DType::BF16, {T, sh->hidden}, uint32_t(31 + T));
+        for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+          const std::string what = std::string(sname) + " " + sh->name + " " + std::string(emulation_name(e)) +
+                                   " T=" + std::to_string(T);
+          MoeOptions o;
+          o.emulation = e;
+          o.backend = Backend::Cuda;
+          MoeResult r[2];
+          for (int i = 0; i < 2; ++i) {
+            ForcePath f(i == 0 ? mxmoe::moe::cuda::GemmPath::Gemv : mxmoe::moe::cuda::GemmPath::Tiled);
+            const Compared c = compare(l, x, e, what);
+            EXPECT_LT(c.err, kTol) << what << (i == 0 ? " gemv" : " tiled") << " vs ref";
+            EXPECT_EQ(c.id_mismatch, 0) << what;
+            r[i] = run_moe(l, x, o);
+          }
+          const double d = rel_l2(r[0].out.ptr<float>(), r[1].out.ptr<float>(), r[1].out.numel());
+          EXPECT_LT(d, kTol) << what << ": gemv vs tiled";
+          std::printf("[ %-44s ] rel L2 gemv vs tiled %.2e\n", what.c_str(), d);
+        }
+      }
+    }
+}
+
+// The GEMV path is deterministic (no atomics on outputs; split-K sums in a fixed order) and
+// graph-capturable: two forwards and a graph replay agree bit for bit.
+TEST(CudaMoeDevice, GemvDeterministicUnderGraphs) {
+  SKIP_WITHOUT_DEVICE();
+  ForcePath f(mxmoe::moe::cuda::GemmPath::Gemv);
+  const MoeLayer l = small_layer(parse_moe_scheme("w_mxfp4_a_mxfp4"), 4, false);
+  const int64_t T = 19, H = l.hidden;
+  const int k = l.router.top_k;
+  const Tensor x = test::random_tensor(DType::BF16, {T, H}, 8);
+  CudaMoeLayer dev(l, T);
+  void* dx = nullptr;
+  float *dout = nullptr, *dw = nullptr;
+  int32_t* dids = nullptr;
+  MXMOE_CUDA_CHECK(cudaMalloc(&dx, size_t(T * H) * 2));
+  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dout), size_t(T * H) * 4));
+  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dw), size_t(T * k) * 4));
+  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dids), size_t(T * k) * 4));
+  MXMOE_CUDA_CHECK(cudaMemcpy(dx, x.data.data(), size_t(T * H) * 2, cudaMemcpyHostToDevice));
+  cudaStream_t st;
+  MXMOE_CUDA_CHECK(cudaStreamCreate(&st));
+  std::vector<std::vector<float>> outs;
+  for (int run = 0; run < 3; ++run) {
+    MXMOE_CUDA_CHECK(cudaMemset(dout, 0xFF, size_t(T * H) * 4));
+    if (run == 2) {
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      MXMOE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+      dev.forward(dx, T, Emulation::VLLM, dout, dids, dw, st);
+      MXMOE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+      MXMOE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+      MXMOE_CUDA_CHECK(cudaGraphLaunch(ge, st));
+      MXMOE_CUDA_CHECK(cudaGraphLaunch(ge, st));
+      MXMOE_CUDA_CHECK(cudaStreamSynchronize(st));
+      MXMOE_CUDA_CHECK(cudaGraphExecDestroy(ge));
+      MXMOE_CUDA_CHECK(cudaGraphDestroy(g));
+    } else {
+      dev.forward(dx, T, Emulation::VLLM, dout, dids, dw, st);
+      MXMOE_CUDA_CHECK(cudaStreamSynchronize(st));
+    }
+    outs.emplace_back(size_t(T * H));
+    MXMOE_CUDA_CHECK(cudaMemcpy(outs.back().data(), dout, size_t(T * H) * 4, cudaMemcpyDeviceToHost));
+  }
+  for (size_t i = 0; i < outs[0].size(); ++i) ASSERT_TRUE(std::isfinite(outs[0][i])) << "unwritten output " << i;
+  EXPECT_EQ(std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * 4), 0) << "two forwards differ";
+  EXPECT_EQ(std::memcmp(outs[0].data(), outs[2].data(), outs[0].size() * 4), 0) << "graph replay differs";
   cudaStreamDestroy(st);
   cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "moe/cuda/moe_heuristics.hpp"
 #include "moe/cuda/moe_kernels.hpp"
 #include "mxmoe/cuda.hpp"
 #include "mxmoe/error.hpp"
@@ -162,7 +163,7 @@ bool cuda_moe_available(const MoeLayer& l, const MoeOptions& o, std::string* why
 
 struct CudaMoeLayer::Impl {
   int64_t H = 0, I = 0, max_T = 0;
-  int E = 0, topk = 0;
+  int E = 0, topk = 0, sms = 132;
   const MoeScheme* scheme = nullptr;
   ScaleRule act_rule = ScaleRule::Even;
   Rounding act_rounding = Rounding::RNE;
@@ -200,6 +201,11 @@ CudaMoeLayer::CudaMoeLayer(const MoeLayer& l, int64_t max_tokens) : impl_(std::m
   m.scheme = l.scheme, m.act_rule = l.act_rule, m.act_rounding = l.act_rounding, m.router = l.router;
   m.activation = l.activation;
   m.wk = weight_kind(*l.scheme), m.aq = act_kind(*l.scheme);
+  {
+    int dev = 0;
+    MXMOE_CUDA_CHECK(cudaGetDevice(&dev));
+    MXMOE_CUDA_CHECK(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, dev));
+  }
   m.w13.upload(l.w13, l.b13, *l.scheme, "w13", m.warnings);
   m.w2.upload(l.w2, l.b2, *l.scheme, "w2", m.warnings);
   std::vector<float> g(size_t(m.E * m.H));
@@ -245,8 +251,9 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
               "CUDA MoE: x and out must be 16-byte aligned");
   const bool vllm = e == Emulation::VLLM;
   const int64_t P = T * m.topk, words = (T + 31) / 32;
-  const double avg = double(P) / m.E;
-  const int nt = avg <= 8 ? 1 : avg <= 16 ? 2 : 4;
+  const bool f32_gemm2 = m.aq == k::AQ::None && !vllm;
+  const k::GemmPlan plan = k::plan_gemms(m.wk, P, m.E, m.w13.N, m.w13.K, m.w2.N, m.w2.K, f32_gemm2, m.sms);
+  const int nt = plan.nt;
   const int TT = 8 * nt;
   const int max_tiles = int(P / TT + std::min<int64_t>(m.E, P));
 
@@ -313,12 +320,12 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   const bool dyn2_all = (nv && vllm && m.w2.vllm_static_gs <= 0) || m.aq == k::AQ::FP8;
   if (dyn2_all) g1.amax_out = m.amax2();
   if (nv && !vllm) g1.amax_out_e = m.amax2_e();
-  MXMOE_CUDA_CHECK(k::grouped_gemm(g1, stream));
+  MXMOE_CUDA_CHECK(plan.gemv1 ? k::grouped_gemv(g1, plan.ksplit1, stream) : k::grouped_gemm(g1, stream));
 
   // GEMM2 input
   k::GemmArgs g2;
   const k::ActScale sc2 = scales_for(m.w2, m.amax2(), m.amax2_e());
-  if (m.aq == k::AQ::None && !vllm) {
+  if (f32_gemm2) {
     g2.b32 = m.a2.as<float>();  // float32 activations: split into three bf16 terms
   } else {
     k::QuantRowsArgs q;
@@ -333,7 +340,7 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   if (!vllm && nv) g2.a_alpha_kind = 1, g2.a_sc = sc2;
   if (!vllm && m.aq == k::AQ::FP8) g2.a_alpha_kind = 2, g2.a_sc = sc2;
   g2.y = m.y.as<float>(), g2.ldy = m.H;
-  MXMOE_CUDA_CHECK(k::grouped_gemm(g2, stream));
+  MXMOE_CUDA_CHECK(plan.gemv2 ? k::grouped_gemv(g2, plan.ksplit2, stream) : k::grouped_gemm(g2, stream));
 
   k::FinalizeArgs f;
   f.y = m.y.as<float>(), f.slot_to_perm = m.slot_to_perm.as<int32_t>(), f.weights = topk_w_dev;
