@@ -72,41 +72,18 @@ const MoeLayer& layer(const std::string& shape, const std::string& scheme) {
   return *slot;
 }
 
-Tensor input(int64_t T, int64_t H, uint32_t seed) {
-  Tensor x(DType::BF16, {T, H});
-  uint64_t s = 0x2545F4914F6CDD1Dull * (seed + 1);
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-    float u = 0;
-    for (int j = 0; j < 4; ++j) u += float((s >> (16 * j)) & 0xffff) / 65536.0f;
-    x.ptr<uint16_t>()[i] = f32_to_bf16((u - 2.0f) * 1.7320508f);
-  }
-  return x;
-}
-
-double touched_bytes(const MoeLayer& l, const Tensor& ids) {
-  std::vector<bool> used(size_t(l.num_experts));
-  for (int64_t i = 0; i < ids.numel(); ++i) used[size_t(ids.ptr<int32_t>()[i])] = true;
-  double b = 0;
-  for (int e = 0; e < l.num_experts; ++e)
-    if (used[size_t(e)])
-      for (const ExpertLinear* w : {&l.w13[size_t(e)], &l.w2[size_t(e)]})
-        b += w->packed ? double(w->packed->codes.nbytes() + w->packed->scales.nbytes()) : double(w->dense.nbytes());
-  return b;
-}
-
 void BM_MoeLayer(benchmark::State& st, std::string shape, std::string scheme, Emulation e, int64_t T) {
   const MoeLayer& l = layer(shape, scheme);
   // Rotating inputs route to different experts each iteration, so the touched weights come from
   // DRAM as in a real model (one fixed input would keep a T = 1 working set of 21 MB in the 32 MB L3).
   constexpr int kInputs = 16;
   std::vector<Tensor> xs;
-  for (int i = 0; i < kInputs; ++i) xs.push_back(input(T, l.hidden, uint32_t(7 + i)));
+  for (int i = 0; i < kInputs; ++i) xs.push_back(synthetic_tokens(T, l.hidden, uint32_t(7 + i)));
   MoeOptions o;
   o.emulation = e;
   o.backend = Backend::Cpu;
   double bytes = 0;
-  for (const Tensor& x : xs) bytes += touched_bytes(l, run_moe(l, x, o).topk_ids) / kInputs;  // also warm-up
+  for (const Tensor& x : xs) bytes += touched_weight_bytes(l, run_moe(l, x, o).topk_ids) / kInputs;  // also warm-up
   int64_t it = 0;
   const auto t0 = Clock::now();
   for (auto _ : st) {

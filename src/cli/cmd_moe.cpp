@@ -51,18 +51,6 @@ void run_moe_cmd(const MoeArgs& a) {
   fmt::print("tokens  {} -> {} ({:.2f} ms)\n", x.shape[0], a.out, ms);
 }
 
-// Bytes one forward must read at least: the packed weights of every expert that received a token.
-double touched_bytes(const MoeLayer& l, const Tensor& ids) {
-  std::vector<bool> used(size_t(l.num_experts));
-  for (int64_t i = 0; i < ids.numel(); ++i) used[size_t(ids.ptr<int32_t>()[i])] = true;
-  double b = 0;
-  for (int e = 0; e < l.num_experts; ++e)
-    if (used[size_t(e)])
-      for (const ExpertLinear* w : {&l.w13[size_t(e)], &l.w2[size_t(e)]})
-        b += w->packed ? double(w->packed->codes.nbytes() + w->packed->scales.nbytes()) : double(w->dense.nbytes());
-  return b;
-}
-
 // Memory bandwidth of this machine: a 512 MiB copy with all threads, bytes read + written.
 double measure_bandwidth() {
   const size_t n = size_t(512) << 20;
@@ -107,7 +95,7 @@ void bench_moe_cmd(const BenchArgs& a) {
       if (it > 0) us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     }
     std::sort(us.begin(), us.end());
-    const double med = us[us.size() / 2], bytes = touched_bytes(l, r.topk_ids);
+    const double med = us[us.size() / 2], bytes = touched_weight_bytes(l, r.topk_ids);
     const double flops = 2.0 * double(T) * s.top_k * 3.0 * double(s.hidden) * double(s.inter);
     const double floor_us = bytes / bw * 1e6;
     t.add({fmt::format("{}", T), fmt::format("{:.0f}", med), fmt::format("{:.1f}", bytes / 1e6),

@@ -177,6 +177,19 @@ MoeResult run_moe(const MoeLayer& l, const Tensor& hs, const MoeOptions& o) {
   return r;
 }
 
+double touched_weight_bytes(const MoeLayer& l, const Tensor& topk_ids) {
+  auto bytes = [](const ExpertLinear& w) {
+    return w.packed ? double(w.packed->codes.nbytes() + w.packed->scales.nbytes()) : double(w.dense.nbytes());
+  };
+  std::vector<bool> used(size_t(l.num_experts));
+  for (int64_t i = 0; i < topk_ids.numel(); ++i) used[size_t(topk_ids.ptr<int32_t>()[i])] = true;
+  double b = 0;
+  for (int e = 0; e < l.num_experts; ++e)
+    if (used[size_t(e)]) b += bytes(l.w13[size_t(e)]) + bytes(l.w2[size_t(e)]);
+  for (size_t i = 0; i < l.shared_w13.size(); ++i) b += bytes(l.shared_w13[i]) + bytes(l.shared_w2[i]);
+  return b;
+}
+
 MoeLayer quantize_layer(const MoeLayer& dense, const MoeScheme& scheme, ScaleRule rule) {
   MoeLayer q = dense;
   q.scheme = &scheme;

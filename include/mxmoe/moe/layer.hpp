@@ -78,6 +78,9 @@ struct SyntheticShape {
 };
 SyntheticShape synthetic_shape(std::string_view name);  // qwen3-30b-a3b, gpt-oss-20b, mixtral-8x7b, ...
 MoeLayer synthetic_layer(const SyntheticShape& s, const MoeScheme& scheme, uint32_t seed);
+// Bytes a forward must read at least: the stored weights (codes + scales, or dense) of every expert
+// that received a token (topk_ids from a MoeResult), plus the shared experts.
+double touched_weight_bytes(const MoeLayer& l, const Tensor& topk_ids);
 // Deterministic pseudo-normal BF16 activations [T, H] for demos and benchmarks.
 Tensor synthetic_tokens(int64_t T, int64_t H, uint32_t seed);
 
