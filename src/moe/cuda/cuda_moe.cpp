@@ -320,7 +320,7 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   const bool dyn2_all = (nv && vllm && m.w2.vllm_static_gs <= 0) || m.aq == k::AQ::FP8;
   if (dyn2_all) g1.amax_out = m.amax2();
   if (nv && !vllm) g1.amax_out_e = m.amax2_e();
-  MXMOE_CUDA_CHECK(plan.gemv1 ? k::grouped_gemv(g1, plan.ksplit1, stream) : k::grouped_gemm(g1, stream));
+  MXMOE_CUDA_CHECK(plan.gemv1 ? k::grouped_gemv(g1, plan.ksplit1, plan.depth, stream) : k::grouped_gemm(g1, stream));
 
   // GEMM2 input
   k::GemmArgs g2;
@@ -340,7 +340,7 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   if (!vllm && nv) g2.a_alpha_kind = 1, g2.a_sc = sc2;
   if (!vllm && m.aq == k::AQ::FP8) g2.a_alpha_kind = 2, g2.a_sc = sc2;
   g2.y = m.y.as<float>(), g2.ldy = m.H;
-  MXMOE_CUDA_CHECK(plan.gemv2 ? k::grouped_gemv(g2, plan.ksplit2, stream) : k::grouped_gemm(g2, stream));
+  MXMOE_CUDA_CHECK(plan.gemv2 ? k::grouped_gemv(g2, plan.ksplit2, plan.depth, stream) : k::grouped_gemm(g2, stream));
 
   k::FinalizeArgs f;
   f.y = m.y.as<float>(), f.slot_to_perm = m.slot_to_perm.as<int32_t>(), f.weights = topk_w_dev;

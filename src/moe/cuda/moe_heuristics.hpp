@@ -38,6 +38,7 @@ struct GemmPlan {
   bool gemv1 = false;   // GEMM1 on the GEMV kernel
   bool gemv2 = false;   // GEMM2 on the GEMV kernel
   int ksplit1 = 1, ksplit2 = 1;
+  int depth = 4;  // GEMV: weight chunks in flight per warp (4 or 8; MXMOE_CUDA_GEMV_DEPTH=8 for experiments)
 };
 
 inline bool gemv_weights(WKind wk) { return wk == WKind::NVFP4 || wk == WKind::MXFP4; }
@@ -60,6 +61,11 @@ inline GemmPlan plan_gemms(WKind wk, int64_t P, int E, int64_t N1, int64_t K1, i
   bool gemv = gemv_weights(wk) && (force == GemmPath::Gemv || (force == GemmPath::Auto && avg <= kGemvMaxAvgRows));
   if (!gemv) return p;
   p.nt = 1;
+  static const int depth = [] {
+    const char* v = std::getenv("MXMOE_CUDA_GEMV_DEPTH");
+    return v && std::strcmp(v, "8") == 0 ? 8 : 4;
+  }();
+  p.depth = depth;
   const int64_t active = P < E ? P : E;
   p.gemv1 = gemv_smem_bytes(K1) <= kGemvMaxSmem;
   p.gemv2 = !gemm2_f32 && gemv_smem_bytes(K2) <= kGemvMaxSmem;

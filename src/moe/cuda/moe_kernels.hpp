@@ -104,9 +104,10 @@ cudaError_t grouped_gemm(const GemmArgs& a, cudaStream_t s);
 
 // The decode-shaped grouped GEMM (sm90_fp4_moe_gemv.cu): FP4 weights (NVFP4, MXFP4), bf16 B rows
 // (b16), tiles of at most 8 tokens (nt = 1); the same results as grouped_gemm's operands and
-// epilogue. ksplit (1, 2, 4): how many of a CTA's 4 warps share one 16-row m-tile (split K).
+// epilogue. ksplit (1, 2, 4): how many of a CTA's 4 warps share one 16-row m-tile (split K); depth (4, 8):
+// 128-element chunks of weights in flight per warp.
 // Dynamic shared memory: gemv_smem_bytes(K) (the caller checks it fits, see moe_heuristics.hpp).
-cudaError_t grouped_gemv(const GemmArgs& a, int ksplit, cudaStream_t s);
+cudaError_t grouped_gemv(const GemmArgs& a, int ksplit, int depth, cudaStream_t s);
 int gemv_row_stride(int64_t K);
 int gemv_smem_bytes(int64_t K);
 

@@ -7,7 +7,7 @@
 //    chunks of one or two m-tiles (KSPLIT = 4 / 2, partial sums added in a fixed order through shared
 //    memory: deterministic); grid = (tiles, m-tile groups), so all SMs stream weights even at T = 1.
 //  - Weights: each thread reads 16 bytes of packed codes (32 FP4 elements) per row per 128-chunk with
-//    ld.global.nc.L1::no_allocate, a ring of kDepth chunks in flight in registers (issued before the
+//    ld.global.nc.L1::no_allocate, a ring of kDepth (4 or 8) chunks in flight in registers (issued before the
 //    activations are staged); the block scales likewise.
 //  - Decode: per scale byte a 16-byte lookup table in shared memory (built once per CTA: the bf16
 //    values of the 8 E2M1 magnitudes times the scale multiplier, split into high-byte and low-byte
@@ -30,7 +30,7 @@ using gemm::mma_bf16;
 using gemm::pack_bf16x2;
 using gemm::WT;
 
-constexpr int kWarps = 4, kThreads = 32 * kWarps, kTok = 8, kDepth = 4;
+constexpr int kWarps = 4, kThreads = 32 * kWarps, kTok = 8;
 constexpr int kLutBytes = 256 * 16;
 
 // One thread's raw data of one row and chunk: 16 bytes of codes (32 elements) and its scale bytes.
@@ -97,7 +97,7 @@ __device__ __forceinline__ int tile_row(int mode, int mt, int r, int I) {
   return mode == 1 ? (r < 8 ? u : I + u) : 2 * u + (r >> 3);
 }
 
-template <WKind W, bool GATED>
+template <WKind W, bool GATED, int kDepth>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, int ksplit, int rs_bytes) {
   extern __shared__ __align__(16) uint8_t smem[];
   uint4* lut = reinterpret_cast<uint4*>(smem);
@@ -162,17 +162,16 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, int ks
         const int64_t kn = int64_t(cn) * 128 + 32 * t;
 #pragma unroll
         for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], kn, mt_ok && cn < nch && kn < a.K, buf[d][h]);
-        if (kv) {
-          uint32_t bw[16];
+        // mma.sync is warp-wide: lanes past K (last chunk when K % 128 != 0) multiply zeros.
+        uint32_t bw[16];
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const uint4 v = *reinterpret_cast<const uint4*>(brow + c * 256 + q * 64);
-            bw[4 * q] = v.x, bw[4 * q + 1] = v.y, bw[4 * q + 2] = v.z, bw[4 * q + 3] = v.w;
-          }
-#pragma unroll
-          for (int s = 0; s < 8; ++s)
-            mma_bf16(acc, aw[0][2 * s], aw[1][2 * s], aw[0][2 * s + 1], aw[1][2 * s + 1], bw[2 * s], bw[2 * s + 1]);
+        for (int q = 0; q < 4; ++q) {
+          const uint4 v = kv ? *reinterpret_cast<const uint4*>(brow + c * 256 + q * 64) : make_uint4(0, 0, 0, 0);
+          bw[4 * q] = v.x, bw[4 * q + 1] = v.y, bw[4 * q + 2] = v.z, bw[4 * q + 3] = v.w;
         }
+#pragma unroll
+        for (int s = 0; s < 8; ++s)
+          mma_bf16(acc, aw[0][2 * s], aw[1][2 * s], aw[0][2 * s + 1], aw[1][2 * s + 1], bw[2 * s], bw[2 * s + 1]);
       }
     }
   }
@@ -231,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, int ks
 }
 
 template <WKind W>
-cudaError_t launch(const GemmArgs& a, int ksplit, cudaStream_t s) {
+cudaError_t launch(const GemmArgs& a, int ksplit, int depth, cudaStream_t s) {
   const int mpc = kWarps / ksplit;
   const int M16 = a.N / 16;
   const dim3 grid(unsigned(a.max_tiles), unsigned((M16 + mpc - 1) / mpc));
@@ -247,8 +246,8 @@ cudaError_t launch(const GemmArgs& a, int ksplit, cudaStream_t s) {
     kern<<<grid, kThreads, smem, s>>>(a, ksplit, rs_bytes);
     return cudaGetLastError();
   };
-  if (a.act >= 0) return go(gemv_kernel<W, true>);
-  return go(gemv_kernel<W, false>);
+  if (depth == 8) return a.act >= 0 ? go(gemv_kernel<W, true, 8>) : go(gemv_kernel<W, false, 8>);
+  return a.act >= 0 ? go(gemv_kernel<W, true, 4>) : go(gemv_kernel<W, false, 4>);
 }
 
 }  // namespace
@@ -257,13 +256,13 @@ cudaError_t launch(const GemmArgs& a, int ksplit, cudaStream_t s) {
 int gemv_row_stride(int64_t K) { return int(((K + 127) / 128) * 256 + 64); }
 int gemv_smem_bytes(int64_t K) { return gemv::kLutBytes + gemv::kTok * gemv_row_stride(K); }
 
-cudaError_t grouped_gemv(const GemmArgs& a, int ksplit, cudaStream_t s) {
+cudaError_t grouped_gemv(const GemmArgs& a, int ksplit, int depth, cudaStream_t s) {
   if (a.max_tiles == 0) return cudaSuccess;
   if (a.nt != 1 || a.b16 == nullptr || a.b32 != nullptr || (ksplit != 1 && ksplit != 2 && ksplit != 4))
     return cudaErrorInvalidValue;
   switch (a.wk) {
-    case WKind::NVFP4: return gemv::launch<WKind::NVFP4>(a, ksplit, s);
-    case WKind::MXFP4: return gemv::launch<WKind::MXFP4>(a, ksplit, s);
+    case WKind::NVFP4: return gemv::launch<WKind::NVFP4>(a, ksplit, depth, s);
+    case WKind::MXFP4: return gemv::launch<WKind::MXFP4>(a, ksplit, depth, s);
     default: return cudaErrorInvalidValue;
   }
 }
