@@ -126,6 +126,21 @@ void BM_Qdq(benchmark::State& state) {
   state.SetLabel(std::string(traits(s).name) + " " + cpu::isa_name(cpu::active_isa()));
 }
 
+// The API into a reused output tensor (no allocation after the first call).
+void BM_QdqInto(benchmark::State& state) {
+  const Scheme s = kSchemes[state.range(0)];
+  const int threads = threads_arg(state);
+  const QuantParams p = params(s);
+  omp_set_num_threads(threads);
+  Tensor y;
+  for (auto _ : state) {
+    qdq(input(), p, y);
+    benchmark::DoNotOptimize(y.data.data());
+  }
+  set_counters(state, s, 0, threads);
+  state.SetLabel(std::string(traits(s).name) + " " + cpu::isa_name(cpu::active_isa()));
+}
+
 // The kernel alone, into a preallocated BF16 buffer (what a fused caller pays).
 void BM_QdqKernel(benchmark::State& state) {
   const Scheme s = kSchemes[state.range(0)];
@@ -212,6 +227,7 @@ void args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_CopyBandwidth)->Args({0, 1})->Args({0, 0})->UseManualTime()->Iterations(1)->ArgNames({"_", "threads"});
 BENCHMARK(BM_Qdq)->Apply(args);
+BENCHMARK(BM_QdqInto)->Apply(args);
 BENCHMARK(BM_QdqKernel)->Apply(args);
 BENCHMARK(BM_Quantize)->Apply(args);
 BENCHMARK(BM_Dequantize)->Apply(args);

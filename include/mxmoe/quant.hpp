@@ -51,6 +51,9 @@ QuantizedTensor quantize(const Tensor& x, const QuantParams& p, const std::strin
 Tensor dequantize(const QuantizedTensor& q, DType out_dtype = DType::F32);
 // Quantize-dequantize; the result has x's dtype and shape.
 Tensor qdq(const Tensor& x, const QuantParams& p, const std::string& what = "tensor");
+// The same into `out` (resized to x's dtype and shape; its buffer is reused when the size matches, so
+// a loop over same-shaped tensors allocates once).
+void qdq(const Tensor& x, const QuantParams& p, Tensor& out, const std::string& what = "tensor");
 // max |x| over a float tensor (NaN propagates).
 float tensor_amax(const Tensor& x);
 

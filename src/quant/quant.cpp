@@ -68,9 +68,12 @@ Tensor dequantize(const QuantizedTensor& q, DType out_dtype) {
   return y;
 }
 
-Tensor qdq(const Tensor& x, const QuantParams& p, const std::string& what) {
+void qdq(const Tensor& x, const QuantParams& p, Tensor& y, const std::string& what) {
   check_input(x, p, what);
-  Tensor y = Tensor::uninitialized(x.dtype, x.shape);
+  MXMOE_CHECK(&x != &y, "{}: qdq into its own input is not supported (pass another tensor)", what);
+  // Reuse y's buffer when it has the right size: a fresh output costs a page fault per 4 KiB.
+  if (y.data.size() != x.data.size()) y.data = Bytes(x.data.size());
+  y.dtype = x.dtype, y.shape = x.shape;
   const int64_t rows = x.rows(), k = x.cols(), es = dtype_size(x.dtype);
   const int64_t step = chunk_rows(k);
 #pragma omp parallel for schedule(static)
@@ -78,6 +81,11 @@ Tensor qdq(const Tensor& x, const QuantParams& p, const std::string& what) {
     const int64_t n = std::min(step, rows - r0);
     cpu::qdq_rows(x.data.data() + r0 * k * es, x.dtype, n, k, k, p, y.data.data() + r0 * k * es, x.dtype, k);
   }
+}
+
+Tensor qdq(const Tensor& x, const QuantParams& p, const std::string& what) {
+  Tensor y;
+  qdq(x, p, y, what);
   return y;
 }
 
