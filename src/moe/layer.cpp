@@ -69,16 +69,32 @@ void MoeLayer::validate() const {
 
 namespace {
 
-const ExpertsBackend& pick_backend(const MoeLayer& l, const MoeOptions& o, std::string& why) {
+// Which implementation runs the experts, and why (`why` is reported in MoeResult::backend). nullptr
+// means the CUDA layer (src/moe/cuda), which runs the whole pipeline on the GPU.
+const ExpertsBackend* pick_backend(const MoeLayer& l, const MoeOptions& o, std::string& why) {
   switch (o.backend) {
-    case Backend::Ref: why = "ref (requested)"; return ref_experts();
-    case Backend::Cpu: why = "cpu (requested)"; return cpu_experts();
-    case Backend::Cuda: MXMOE_THROW("backend cuda: this build has no CUDA MoE backend yet (available: cpu, ref)");
+    case Backend::Ref: why = "ref (requested)"; return &ref_experts();
+    case Backend::Cpu: why = "cpu (requested)"; return &cpu_experts();
+    case Backend::Cuda:
+#ifdef MXMOE_HAVE_CUDA
+      why = "cuda (requested)";
+      return nullptr;
+#else
+      MXMOE_THROW("backend cuda: this build has no CUDA backend (nvcc was not found; available: cpu, ref)");
+#endif
     case Backend::Auto: break;
   }
-  if (auto r = cpu_experts().unsupported(l, o.emulation); !r.empty()) MXMOE_THROW("no backend supports this layer: cpu: {}", r);
-  why = "cpu (auto: no GPU backend in this build; cpu supports every scheme and mode)";
-  return cpu_experts();
+  std::string cuda_why = "this build has no CUDA backend";
+#ifdef MXMOE_HAVE_CUDA
+  if (cuda_moe_available(l, o, &cuda_why)) {
+    why = "cuda (auto: a CUDA device is usable and supports this layer)";
+    return nullptr;
+  }
+#endif
+  if (auto r = cpu_experts().unsupported(l, o.emulation); !r.empty())
+    MXMOE_THROW("no backend supports this layer: cuda: {}; cpu: {}", cuda_why, r);
+  why = "cpu (auto: cuda not used: " + cuda_why + "; cpu supports every scheme and mode)";
+  return &cpu_experts();
 }
 
 Tensor router_logits(const MoeLayer& l, const float* x, int64_t T) {
@@ -114,23 +130,14 @@ MoeResult run_moe(const MoeLayer& l, const Tensor& hs, const MoeOptions& o) {
   const int64_t T = hs.shape[0], H = l.hidden;
   const int k = l.router.top_k, E = l.num_experts;
   MoeResult r;
-#ifdef MXMOE_HAVE_CUDA
-  // CUDA backend (src/moe/cuda): requested, or picked by auto when a device is usable and supports the layer.
-  std::string cuda_why;
-  const bool use_cuda = o.backend == Backend::Cuda || (o.backend == Backend::Auto && cuda_moe_available(l, o, &cuda_why));
-  if (use_cuda) r.backend = o.backend == Backend::Cuda ? "cuda (requested)" : "cuda (auto: a CUDA device is usable and supports this layer)";
-  const ExpertsBackend& be = use_cuda ? ref_experts() : pick_backend(l, o, r.backend);
-  if (!use_cuda && o.backend == Backend::Auto) r.backend = "cpu (auto: cuda not used: " + cuda_why + "; cpu supports every scheme and mode)";
-#else
-  const ExpertsBackend& be = pick_backend(l, o, r.backend);
-#endif
+  const ExpertsBackend* be = pick_backend(l, o, r.backend);
 
   detail::Floats x(size_t(T * H));
   to_f32(hs.data.data(), hs.dtype, T * H, x.data());
   for (int64_t i = 0; i < T * H; ++i)
     MXMOE_CHECK(std::isfinite(x[size_t(i)]), "hidden_states: non-finite value at token {}, column {}", i / H, i % H);
 #ifdef MXMOE_HAVE_CUDA
-  if (use_cuda) {
+  if (!be) {
     run_moe_cuda(l, hs, o, r);
     return r;
   }
@@ -156,13 +163,13 @@ MoeResult run_moe(const MoeLayer& l, const Tensor& hs, const MoeOptions& o) {
     const std::vector<int32_t> all_to_0(size_t(T), 0);
     const ExpertGroups sg = group_by_expert(all_to_0.data(), T, 1, 1, nullptr);
     shared.resize(size_t(T * H));
-    run_experts(be, l, shared_experts(l), o.emulation, sg, {0}, x.data(), shared.data(), r.warnings);
+    run_experts(*be, l, shared_experts(l), o.emulation, sg, {0}, x.data(), shared.data(), r.warnings);
   }
   if (o.apply_router_weight_on_input) apply_router_weight_on_input(x.data(), H, T, H, r.topk_weights.ptr<float>(), k);
 
   detail::Floats xp(size_t(g.num_rows() * H)), yp(size_t(g.num_rows() * H));
   gather_rows(x.data(), H, H, g, xp.data());
-  run_experts(be, l, routed_experts(l), o.emulation, g, local_to_global, xp.data(), yp.data(), r.warnings);
+  run_experts(*be, l, routed_experts(l), o.emulation, g, local_to_global, xp.data(), yp.data(), r.warnings);
 
   r.out = Tensor::uninitialized(DType::F32, {T, H});
   float* out = r.out.ptr<float>();
