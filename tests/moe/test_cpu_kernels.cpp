@@ -11,6 +11,7 @@
 #include <cstring>
 #include <random>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "moe/cpu/simd_kernels.hpp"
@@ -245,6 +246,142 @@ TEST(CpuKernels, Fp4GemvFloatAndBf16DotAgreeBitwiseOnW4A4) {
       }
 }
 
+// fp4_gemm_panel_bf16 (decoded bf16 panel + dot-product GEMM, the many-token path) vs the scalar
+// GEMV and a float64 dot of decode_fp4_row weights: the accumulation bound, poisoned outputs outside
+// [r0, r1), odd K / row / token counts (row ranges crossing the 64-row panel and the 4-row blocks,
+// token counts around the 6-token blocks).
+TEST(CpuKernels, Fp4PanelGemmMatchesScalarWithinAccumulationBound) {
+  if (!moe::cpu::fp4_bf16_dot_active()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+  std::mt19937 g(11);
+  const Fp4Case cases[] = {{16, Encoding::UE4M3, 0.0f}, {16, Encoding::UE4M3, 2688.0f / 0.41f}, {32, Encoding::UE8M0, 0.0f}};
+  for (const auto& fc : cases)
+    for (int64_t K : {int64_t(fc.block) * 3, int64_t(fc.block) * 37, int64_t(2880)})
+      for (auto [N, r0, r1, n] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{7, 0, 7, 1}, {23, 3, 22, 5},
+                                  {23, 1, 23, 6}, {80, 3, 78, 7}, {70, 0, 69, 13}, {9, 2, 9, 17}}) {
+        const int64_t nb = K / fc.block, Kp = moe::cpu::fp4_act_stride(K);
+        auto codes = random_bytes(size_t(N * K / 2), g);
+        std::vector<uint8_t> scales(size_t(N * nb));
+        for (auto& sb : scales) {
+          uint8_t c = uint8_t(g());
+          if (fc.scale == Encoding::UE8M0) c = uint8_t(110 + c % 30);
+          else if ((c & 0x7f) == 0x7f) c = 0x35;
+          sb = c;
+        }
+        const moe::cpu::Fp4Weight w{codes.data(), scales.data(), K, fc.block, fc.scale, fc.gs};
+        std::normal_distribution<float> nd;
+        std::vector<float> a(size_t(n * K)), bias(static_cast<size_t>(N));
+        for (auto& v : a) v = bf16_to_f32(f32_to_bf16(nd(g)));
+        for (auto& v : bias) v = nd(g);
+        std::vector<uint16_t> ap16(size_t(n * Kp));
+        ASSERT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
+        const int64_t ldy = N + 3;
+        const bool with_bias = n % 2 == 1;
+        std::vector<float> yp(size_t(n * ldy), NAN), yr(size_t(n * ldy), NAN);
+        ASSERT_TRUE(moe::cpu::fp4_gemm_panel_bf16(w, r0, r1, ap16.data(), n, 0.75f, with_bias ? bias.data() : nullptr,
+                                                  yp.data(), ldy));
+        moe::cpu::fp4_gemv_bf16(w, r0, r1, ap16.data(), n, 0.75f, with_bias ? bias.data() : nullptr, yr.data(), ldy,
+                                false);
+        const float* st = decode_table(fc.scale);
+        std::vector<float> wrow(static_cast<size_t>(K)), mult(static_cast<size_t>(nb));
+        for (int64_t j = 0; j < ldy; ++j) {
+          if (j >= r0 && j < r1) {
+            for (int64_t b = 0; b < nb; ++b) {
+              const float sv = st[scales[size_t(j * nb + b)]];
+              mult[size_t(b)] = fc.gs > 0 ? sv / fc.gs : sv;
+            }
+            moe::cpu::decode_fp4_row(codes.data() + j * K / 2, mult.data(), K, fc.block, fc.gs > 0,
+                                     decode_table(Encoding::E2M1), wrow.data(), false);
+          }
+          for (int64_t m = 0; m < n; ++m) {
+            const size_t i = size_t(m * ldy + j);
+            if (j < r0 || j >= r1) {
+              ASSERT_TRUE(std::isnan(yp[i])) << "wrote outside rows at " << j;
+              continue;
+            }
+            double exact = 0, mag = 0;
+            for (int64_t c = 0; c < K; ++c) {
+              exact += double(a[size_t(m * K + c)]) * wrow[size_t(c)];
+              mag += std::fabs(double(a[size_t(m * K + c)]) * wrow[size_t(c)]);
+            }
+            const double want = exact * 0.75 + (with_bias ? bias[size_t(j)] : 0.0);
+            const double bound = 2.0 * double(K) * 0x1p-24 * mag * 0.75 + 1e-6 * std::fabs(want) + 1e-30;
+            ASSERT_TRUE(std::isfinite(yp[i])) << j;
+            EXPECT_LE(std::fabs(yp[i] - want), bound) << "panel K " << K << " n " << n << " row " << j;
+            EXPECT_LE(std::fabs(double(yp[i]) - yr[i]), 2 * bound) << "panel vs scalar row " << j;
+          }
+        }
+      }
+}
+
+// The panel's weights are bitwise those of decode_fp4_row (vllm: bf16(e2m1 * (scale / gs))): with
+// one-hot activation rows each output is a single product 1 * w[j, c], exact.
+TEST(CpuKernels, Fp4PanelWeightsMatchRowDecodeBitwise) {
+  if (!moe::cpu::fp4_bf16_dot_active()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+  std::mt19937 g(12);
+  const Fp4Case cases[] = {{16, Encoding::UE4M3, 0.0f}, {16, Encoding::UE4M3, 2688.0f / 0.41f},
+                           {16, Encoding::UE4M3, 448.0f * 6.0f / 3.7f}, {32, Encoding::UE8M0, 0.0f}};
+  for (const auto& fc : cases) {
+    const int64_t K = fc.block * 21, N = 67, nb = K / fc.block, Kp = moe::cpu::fp4_act_stride(K);
+    auto codes = random_bytes(size_t(N * K / 2), g);
+    std::vector<uint8_t> scales(size_t(N * nb));
+    for (auto& sb : scales) {
+      uint8_t c = uint8_t(g());
+      if (fc.scale == Encoding::UE8M0) c = uint8_t(110 + c % 30);
+      else if ((c & 0x7f) == 0x7f) c = 0x35;
+      sb = c;
+    }
+    const moe::cpu::Fp4Weight w{codes.data(), scales.data(), K, fc.block, fc.scale, fc.gs};
+    const int64_t n = K;  // token row c is the unit vector e_c
+    std::vector<float> a(size_t(n * K), 0.0f);
+    for (int64_t c = 0; c < K; ++c) a[size_t(c * K + c)] = 1.0f;
+    std::vector<uint16_t> ap16(size_t(n * Kp));
+    ASSERT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
+    std::vector<float> y(size_t(n * N), NAN);
+    ASSERT_TRUE(moe::cpu::fp4_gemm_panel_bf16(w, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N));
+    const float* st = decode_table(fc.scale);
+    std::vector<float> wrow(static_cast<size_t>(K)), mult(static_cast<size_t>(nb));
+    for (int64_t j = 0; j < N; ++j) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const float sv = st[scales[size_t(j * nb + b)]];
+        mult[size_t(b)] = fc.gs > 0 ? sv / fc.gs : sv;
+      }
+      moe::cpu::decode_fp4_row(codes.data() + j * K / 2, mult.data(), K, fc.block, fc.gs > 0,
+                               decode_table(Encoding::E2M1), wrow.data(), false);
+      for (int64_t c = 0; c < K; ++c) {
+        const float got = y[size_t(c * N + j)], want = wrow[size_t(c)];
+        ASSERT_EQ(got, want) << "row " << j << " col " << c;
+        if (want != 0.0f) ASSERT_EQ(bits_of(got), bits_of(want)) << "row " << j << " col " << c;
+      }
+    }
+  }
+}
+
+// The panel declines (returns false) what vdpbf16ps could not take exactly: NaN scales, UE8M0
+// multipliers outside [2^-35, 2^33], forced scalar; the caller then runs fp4_gemv_bf16.
+TEST(CpuKernels, Fp4PanelDeclinesOutOfRangeScales) {
+  if (!moe::cpu::fp4_bf16_dot_active()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+  const int64_t K = 64, N = 5, n = 3;
+  std::vector<uint8_t> codes(size_t(N * K / 2), 0x21);
+  std::vector<float> a(size_t(n * K), 1.0f), y(size_t(n * N));
+  std::vector<uint16_t> ap16(size_t(n * moe::cpu::fp4_act_stride(K)));
+  ASSERT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
+  for (auto [code, ok] : {std::pair{127, true}, std::pair{127 - 35, true}, std::pair{127 - 36, false},
+                          std::pair{127 + 33, true}, std::pair{127 + 34, false}, std::pair{255, false}}) {
+    std::vector<uint8_t> scales(size_t(N * K / 32), 127);
+    scales[3] = uint8_t(code);
+    const moe::cpu::Fp4Weight w{codes.data(), scales.data(), K, 32, Encoding::UE8M0, 0.0f};
+    EXPECT_EQ(moe::cpu::fp4_gemm_panel_bf16(w, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N), ok) << code;
+  }
+  std::vector<uint8_t> nan_scales(size_t(N * K / 16), 0x38);
+  nan_scales[4] = 0x7f;
+  const moe::cpu::Fp4Weight wn{codes.data(), nan_scales.data(), K, 16, Encoding::UE4M3, 0.0f};
+  EXPECT_FALSE(moe::cpu::fp4_gemm_panel_bf16(wn, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N));
+  moe::cpu::force_scalar(true);
+  nan_scales[4] = 0x38;
+  EXPECT_FALSE(moe::cpu::fp4_gemm_panel_bf16(wn, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N));
+  moe::cpu::force_scalar(false);
+}
+
 TEST(CpuKernels, Bf16PackRejectsValuesTheDotKernelCannotTakeExactly) {
   const int64_t K = 32;
   std::vector<float> a(static_cast<size_t>(K), 1.0f);
@@ -299,6 +436,38 @@ TEST(CpuKernels, WorkPoolRunsEveryItemOnce) {
 }
 
 // The portable path a CPU without AVX-512 takes (both this backend's kernels and the quantizers).
+// Enough tokens per expert (T = 96, 6 experts, top-2: ~32 each) that the CPU backend takes the
+// decoded-panel GEMM for FP4 weights with bf16 activations (heuristics.hpp use_panel): cpu vs ref
+// and vs the forced-scalar path, both modes.
+TEST(CpuKernels, ManyTokensPerExpertLayerMatchesRef) {
+  for (const char* name : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16"}) {
+    const MoeScheme& s = parse_moe_scheme(name);
+    const MoeLayer l = synthetic_layer({"small", 256, 96, 6, 2}, s, 4);
+    const Tensor x = test::random_tensor(DType::BF16, {96, 256}, 8);
+    for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+      MoeOptions o;
+      o.emulation = e;
+      o.backend = Backend::Ref;
+      const MoeResult ref = run_moe(l, x, o);
+      o.backend = Backend::Cpu;
+      const MoeResult fast = run_moe(l, x, o);
+      moe::cpu::force_scalar(true);
+      const MoeResult slow = run_moe(l, x, o);
+      moe::cpu::force_scalar(false);
+      double num = 0, den = 0, num2 = 0;
+      for (int64_t i = 0; i < ref.out.numel(); ++i) {
+        const double r = ref.out.ptr<float>()[i], f = fast.out.ptr<float>()[i];
+        ASSERT_TRUE(std::isfinite(f)) << i;
+        num += (f - r) * (f - r);
+        num2 += (f - slow.out.ptr<float>()[i]) * (f - slow.out.ptr<float>()[i]);
+        den += r * r;
+      }
+      EXPECT_LT(std::sqrt(num / den), 2e-3) << name << " " << emulation_name(e) << " vs ref";
+      EXPECT_LT(std::sqrt(num2 / den), 2e-3) << name << " " << emulation_name(e) << " vs scalar";
+    }
+  }
+}
+
 TEST(CpuKernels, ForceScalarLayerMatchesRef) {
   for (const char* name : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp8_e4m3_a16"}) {
     const MoeScheme& s = parse_moe_scheme(name);

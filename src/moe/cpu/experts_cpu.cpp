@@ -1,6 +1,7 @@
 // CPU grouped GEMM: only experts with tokens are touched. Each task takes one of three paths
 // (heuristics.hpp): FP4 weights with few tokens per expert run the fused decode+FMA kernel
-// (fp4_gemv); other few-token tasks decode 16 weight rows at a time into an L1 buffer and take dot
+// (fp4_gemv; from use_panel tokens, a bf16 panel decoded once per 64-row tile and a dot-product
+// GEMM, fp4_gemm_panel_bf16); other few-token tasks decode 16 weight rows at a time into an L1 buffer and take dot
 // products; many-token tasks decode a 64-row tile to float32 and call OpenBLAS sgemm. Threads (the
 // caller and work_pool helpers; OMP_NUM_THREADS sets the count) take (expert, row tile) items from one
 // shared list.
@@ -112,6 +113,9 @@ class CpuExperts final : public ExpertsBackend {
             float wa = 1.0f;
             const cpu::Fp4Weight w = fp4_view(*t.w, e, &wa);
             const Plan& p = plans[items[i].task];
+            if (p.bf16 && cpu::use_panel(w.gs > 0, t.n) &&
+                cpu::fp4_gemm_panel_bf16(w, r0, r0 + nr, packed16 + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N))
+              break;
             if (p.bf16)
               cpu::fp4_gemv_bf16(w, r0, r0 + nr, packed16 + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
             else

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "moe/cpu/simd_kernels.hpp"
 
@@ -383,6 +384,126 @@ MXK_BF16_TARGET void gemv16_avx512(const Fp4Weight& w, int64_t r0, int64_t r1, c
   }
 }
 
+// ---- many tokens: decode a row panel to bf16 once, then a register-blocked dot-product GEMM --------
+// The panel holds up to kPanelRows weight rows in the bf16 activation layout (column 4w + s of a
+// 128-column chunk at 32s + w), values exactly those of decode_fp4_row: exact mode e2m1 * scale (at
+// most 6 significant bits: exact in bf16), vllm NVFP4 bf16(e2m1 * (scale / gs)) rounded as there.
+constexpr int64_t kPanelRows = 64;
+
+// Decodes rows [j0, j0 + nr) into panel[nr][Kp]; false when a block multiplier (scale, or scale / gs)
+// is nonzero and outside [2^-35, 2^33] or not finite. Then every nonzero weight (e2m1 0.5..6 times
+// it) lies in [2^-36, 2^36] and is exactly a bf16 (exact mode: at most 2 + 4 significant bits; vllm:
+// rounded), so with the activation range of fp4_pack_activations_bf16 every product is a normal
+// float32 and a multiple of 2^-114: no partial sum of vdpbf16ps (which flushes denormals) is denormal.
+template <class F>
+MXK_BF16_TARGET bool decode_panel16(const Fp4Weight& w, int64_t j0, int64_t nr, int64_t Kp, uint16_t* panel,
+                                    const Consts& k, __m512i lut16) {
+  const int64_t rb = w.K / 2, nb = w.K / F::block, nch = Kp / 128;
+  const __m512i lo = _mm512_set1_epi32(0x2e000000), span = _mm512_set1_epi32(0x50000000 - 0x2e000000);
+  const __m512i hi16 = _mm512_set1_epi32(int(0xffff0000u)), abs = _mm512_set1_epi32(0x7fffffff);
+  __mmask16 bad = 0;
+  for (int64_t r = 0; r < nr; ++r) {
+    const uint8_t* crow = w.codes + (j0 + r) * rb;
+    const uint8_t* srow = w.scales + (j0 + r) * nb;
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      const int64_t cb = std::min<int64_t>(64, rb - ch * 64);
+      const __mmask64 bm = cb == 64 ? ~__mmask64(0) : (__mmask64(1) << cb) - 1;
+      _mm_prefetch(reinterpret_cast<const char*>(crow + ch * 64 + kPrefetchBytes), _MM_HINT_T0);
+      const __m512i q = _mm512_maskz_loadu_epi8(bm, crow + ch * 64);
+      const __m512 sc = scale_vec<F>(srow, ch, nb, k);
+      const __m512 mlt = F::bf16 ? _mm512_div_ps(sc, k.gs) : sc;  // as decode: scale / gs
+      const __m512i mm = _mm512_and_si512(_mm512_castps_si512(mlt), abs);
+      // Lanes past K (tail chunk) hold no weights: UE8M0 code 0 there is 2^-127 times zero codes.
+      const int64_t nl = std::min<int64_t>(16, (w.K - ch * 128) / 8);
+      const __mmask16 lanes = nl == 16 ? __mmask16(0xffff) : __mmask16((1u << nl) - 1);
+      bad |= _mm512_mask_cmpgt_epu32_mask(_mm512_mask_test_epi32_mask(lanes, mm, mm), _mm512_sub_epi32(mm, lo), span);
+      for (int s = 0; s < 4; ++s) {
+        const __m512i e = _mm512_permutexvar_epi16(s == 0 ? q : _mm512_srli_epi16(q, 4 * s), lut16);
+        __m512 ve = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(e, 16)), mlt);  // even 16-bit lanes
+        __m512 vo = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(e, hi16)), mlt);  // odd ones
+        if constexpr (F::bf16) ve = round_bf16_v(ve), vo = round_bf16_v(vo);
+        _mm512_storeu_si512(panel + r * Kp + ch * 128 + 32 * s,
+                            _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(vo), hi16),
+                                            _mm512_srli_epi32(_mm512_castps_si512(ve), 16)));
+      }
+    }
+  }
+  return !bad;
+}
+
+// R panel rows x NT token rows over the whole (padded) K: out[r * NT + m] = the dot product.
+template <int R, int NT>
+MXK_BF16_INLINE void panel_kernel(const uint16_t* p, const uint16_t* a, int64_t Kp, float* out) {
+  __m512 acc[R][NT];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < NT; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < Kp; c += 32) {
+    __m512i wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_si512(p + r * Kp + c);
+    for (int m = 0; m < NT; ++m) {
+      const __m512i av = _mm512_loadu_si512(a + m * Kp + c);
+      for (int r = 0; r < R; ++r) acc[r][m] = dp(acc[r][m], wv[r], av);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < NT; ++m) out[r * NT + m] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+constexpr int kPanelTokens = 6;  // 4 rows x 6 tokens: 24 accumulators + 4 weight vectors + 1 activation
+
+template <int R, int NT>
+MXK_BF16_INLINE void panel_tile(const uint16_t* p, const uint16_t* a, int64_t Kp, int64_t j, float alpha,
+                                const float* bias, float* y, int64_t ldy) {
+  float out[R * NT];
+  panel_kernel<R, NT>(p, a, Kp, out);
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < NT; ++m) y[m * ldy + j + r] = out[r * NT + m] * alpha + (bias ? bias[j + r] : 0.0f);
+}
+
+template <int R>
+MXK_BF16_TARGET void panel_rows(const uint16_t* p, const uint16_t* ap, int64_t n, int64_t Kp, int64_t j,
+                                float alpha, const float* bias, float* y, int64_t ldy) {
+  for (int64_t m0 = 0; m0 < n; m0 += kPanelTokens) {
+    const uint16_t* a = ap + m0 * Kp;
+    float* yy = y + m0 * ldy;
+    switch (std::min<int64_t>(kPanelTokens, n - m0)) {
+      case 1: panel_tile<R, 1>(p, a, Kp, j, alpha, bias, yy, ldy); break;
+      case 2: panel_tile<R, 2>(p, a, Kp, j, alpha, bias, yy, ldy); break;
+      case 3: panel_tile<R, 3>(p, a, Kp, j, alpha, bias, yy, ldy); break;
+      case 4: panel_tile<R, 4>(p, a, Kp, j, alpha, bias, yy, ldy); break;
+      case 5: panel_tile<R, 5>(p, a, Kp, j, alpha, bias, yy, ldy); break;
+      case 6: panel_tile<R, 6>(p, a, Kp, j, alpha, bias, yy, ldy); break;
+      default: break;
+    }
+  }
+}
+
+template <class F>
+MXK_BF16_TARGET bool panel16_avx512(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n,
+                                    float alpha, const float* bias, float* y, int64_t ldy) {
+  const float* lut = decode_table(Encoding::E2M1);
+  alignas(64) uint16_t t[32];
+  for (int c = 0; c < 32; ++c) t[c] = f32_to_bf16(lut[c % 16]);  // e2m1 values are exact in bf16
+  const __m512i lut16 = _mm512_load_si512(t);
+  Consts k;
+  k.sidx = F::block == 16 ? _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)
+                          : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  k.gs = _mm512_set1_ps(w.gs);
+  const int64_t Kp = fp4_act_stride(w.K);
+  thread_local std::unique_ptr<uint16_t[]> buf;  // per thread, grows only
+  thread_local int64_t cap = 0;
+  if (kPanelRows * Kp > cap) buf.reset(new uint16_t[size_t(kPanelRows * Kp)]), cap = kPanelRows * Kp;
+  uint16_t* const panel = buf.get();
+  for (int64_t j0 = r0; j0 < r1; j0 += kPanelRows) {
+    const int64_t nr = std::min(kPanelRows, r1 - j0);
+    if (!decode_panel16<F>(w, j0, nr, Kp, panel, k, lut16)) return false;
+    int64_t jj = 0;
+    for (; jj + 4 <= nr; jj += 4) panel_rows<4>(panel + jj * Kp, ap, n, Kp, j0 + jj, alpha, bias, y, ldy);
+    for (; jj < nr; ++jj) panel_rows<1>(panel + jj * Kp, ap, n, Kp, j0 + jj, alpha, bias, y, ldy);
+  }
+  return true;
+}
+
 // Column c of a row in the bf16 activation layout.
 inline int64_t packed_pos16(int64_t c) { return c / 128 * 128 + 32 * (c % 4) + (c % 128) / 4; }
 
@@ -505,6 +626,20 @@ void fp4_gemv_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* a
       return gemv16_avx512<Fmt<32, false, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
   }
   gemv16_scalar(w, r0, r1, ap, n, alpha, bias, y, ldy);
+}
+
+bool fp4_gemm_panel_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+                         const float* bias, float* y, int64_t ldy) {
+  if (r1 <= r0 || n <= 0) return true;
+  const bool daz = (_mm_getcsr() & 0x0040) != 0;
+  if (!fp4_bf16_dot_active() || daz || w.K % 16 != 0) return false;
+  if (w.block == 16 && w.scale == Encoding::UE4M3) {
+    if (w.gs > 0) return panel16_avx512<Fmt<16, true, true>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+    return panel16_avx512<Fmt<16, true, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+  }
+  if (w.block == 32 && w.scale == Encoding::UE8M0 && w.gs <= 0)
+    return panel16_avx512<Fmt<32, false, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+  return false;
 }
 
 }  // namespace mxmoe::moe::cpu

@@ -8,7 +8,8 @@
 namespace mxmoe::moe::cpu {
 
 enum class GemmPath : uint8_t {
-  Fused,      // FP4 weights decoded in registers and FMA'd with the token rows (fp4_gemv)
+  Fused,      // FP4 weights decoded in registers and FMA'd with the token rows (fp4_gemv); with many
+              // tokens and bf16 activations a decoded bf16 panel + dot-product GEMM (use_panel)
   DecodeDot,  // 16 weight rows decoded to an L1 buffer, then dot products (few tokens, 6/8-bit, dense)
   Sgemm,      // a 64-row tile decoded to float32 once, then OpenBLAS sgemm over all token rows
 };
@@ -18,6 +19,16 @@ enum class GemmPath : uint8_t {
 // expert (Qwen3 T = 512, 1 thread: 377 ms fused vs 671 ms sgemm). Beyond 256 it is unmeasured.
 inline constexpr int64_t kFusedMaxTokens = 256;
 inline constexpr int64_t kDecodeDotMaxTokens = 4;
+// Fused FP4 tasks with bf16 activations and at least this many token rows decode each 64-row tile
+// once into a bf16 panel and run the panel GEMM (fp4_gemm_panel_bf16) instead of re-decoding the
+// packed rows for every 2 tokens. BM_Fp4GemvKernel (1536 x 2048, 1 thread, cpu us, loaded machine):
+// exact n = 8: 224 fused vs 290 panel, n = 16: 441 vs 359; vllm NVFP4 (two tables and two dot
+// products per 32 weights in the fused kernel) n = 8: 492 vs 353.
+inline constexpr int64_t kPanelMinTokens = 16;
+inline constexpr int64_t kPanelMinTokensVllmNv = 8;
+inline bool use_panel(bool vllm_nvfp4, int64_t tokens) {
+  return tokens >= (vllm_nvfp4 ? kPanelMinTokensVllmNv : kPanelMinTokens);
+}
 
 inline GemmPath choose_path(bool fp4_packed, int64_t tokens) {
   if (fp4_packed && tokens <= kFusedMaxTokens) return GemmPath::Fused;

@@ -68,4 +68,17 @@ bool fp4_bf16_dot_active();  // AVX512_BF16 present and SIMD not forced off
 void fp4_gemv_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
                    const float* bias, float* y, int64_t ldy, bool allow_simd = true);
 
+
+// ---- many token rows: decoded bf16 panel + register-blocked vdpbf16ps GEMM ----------------------
+// The same contract as fp4_gemv_bf16 (same weight values, float32 accumulation, ap in the bf16
+// layout), for many token rows: up to 64 weight rows are decoded once into a bf16 panel (L2) and
+// multiplied with all n token rows by a 4-row x 6-token dot-product kernel, instead of re-decoding
+// the weights for every 2 tokens. Per lane the products are accumulated by vdpbf16ps in column
+// order of the layout, then reduced by a tree (a different rounding order from fp4_gemv_bf16; same
+// accumulation bound). Returns false, having possibly written rows in [r0, r1), when it cannot run:
+// no AVX512_BF16, forced scalar, DAZ, K % 16 != 0, or a weight outside [2^-36, 2^36] / non-finite
+// (see fused_gemv.cpp); the caller then runs fp4_gemv_bf16 on the same rows.
+bool fp4_gemm_panel_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+                         const float* bias, float* y, int64_t ldy);
+
 }  // namespace mxmoe::moe::cpu
