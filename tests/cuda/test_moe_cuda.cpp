@@ -174,6 +174,29 @@ TEST(CudaMoeDevice, WiderLayer) {
   }
 }
 
+// The router (moe_route.cu) on a Qwen3-sized router (128 experts, top-8: 4 top-k candidates per lane;
+// H 1024: four unrolled 256-element steps per lane), token counts on both sides of the logits geometry
+// switches (T 16: 2 -> 8 experts per CTA; T 256: 4 -> 16 tokens per CTA). Routing must match the ref
+// exactly (ids) and to float32 rounding (weights).
+TEST(CudaMoeDevice, RouterPathsMatchRef) {
+  SKIP_WITHOUT_DEVICE();
+  const std::vector<SyntheticShape> shapes{{"r128", 1024, 32, 128, 8}};
+  const std::vector<int64_t> Ts = quick() ? std::vector<int64_t>{1, 33} : std::vector<int64_t>{1, 2, 17, 32, 33, 64, 65, 257};
+  for (const SyntheticShape& sh : shapes) {
+    const MoeLayer l = small_layer(parse_moe_scheme("w_nvfp4_a_nvfp4"), 21, false, sh);
+    for (int64_t T : Ts) {
+      const Tensor x = test::random_tensor(DType::BF16, {T, sh.hidden}, uint32_t(77 + T));
+      for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+        const std::string what = sh.name + " " + std::string(emulation_name(e)) + " T=" + std::to_string(T);
+        const Compared c = compare(l, x, e, what);
+        EXPECT_LT(c.err, kTol) << what;
+        EXPECT_EQ(c.id_mismatch, 0) << what;
+        EXPECT_LT(c.w_err, 1e-5) << what;
+      }
+    }
+  }
+}
+
 // Poisoned outputs are fully overwritten; two forwards agree bit for bit; a captured CUDA graph
 // replays to the same bits.
 TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {

@@ -4,30 +4,32 @@
 // like mxmoe::moe::group_by_expert. Also the per-token and per-expert amax of x (dynamic scales) and
 // the GEMM tile list {expert, first row, rows}.
 #include <cfloat>
+#include <cstdlib>
 
 #include "moe/cuda/moe_device.cuh"
 
 namespace mxmoe::moe::cuda {
 namespace {
 
-constexpr int kLogitExperts = 8;   // warps (one expert each) per CTA
-constexpr int kLogitTokens = 16;   // tokens per CTA, 4 at a time
-constexpr int kMaxPerLane = 16;    // top-k: E <= 512
-
-// Logits: warp = one expert, 16 tokens 4 at a time; lanes stride over H by 8 (16-byte x loads).
-__global__ void __launch_bounds__(256) logits_kernel(const RouteArgs a) {
+// Logits: warp = one expert (blockDim.x / 32 experts per CTA), gridDim.y covers the tokens, `tpc` (a
+// multiple of 4) per CTA, 4 at a time; lanes stride over H by 8 (16-byte x loads).
+// Every (token, expert) sum runs in the same order whatever the geometry (per lane over h, then the
+// xor butterfly), so the logits are bit-identical for any experts / tokens per CTA.
+__global__ void __launch_bounds__(256) logits_kernel(const RouteArgs a, int tpc) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int e = blockIdx.x * kLogitExperts + warp;
-  const int64_t tbase = int64_t(blockIdx.y) * kLogitTokens;
+  const int e = blockIdx.x * (blockDim.x >> 5) + warp;
+  const int64_t tbase = int64_t(blockIdx.y) * tpc;
   const bool do_amax = blockIdx.x == 0 && warp == 0;
   if (e >= a.E && !do_amax) return;
   const int ee = e < a.E ? e : 0;
   const float* grow = a.gate + int64_t(ee) * a.H;
-  for (int t4 = 0; t4 < kLogitTokens; t4 += 4) {
+  for (int t4 = 0; t4 < tpc; t4 += 4) {
+    if (tbase + t4 >= a.T) break;
     float acc[4] = {0, 0, 0, 0}, am[4] = {0, 0, 0, 0};
+#pragma unroll 4
     for (int64_t h = int64_t(lane) * 8; h < a.H; h += 256) {
-      const float4 g0 = *reinterpret_cast<const float4*>(grow + h);
-      const float4 g1 = *reinterpret_cast<const float4*>(grow + h + 4);
+      const float4 g0 = __ldg(reinterpret_cast<const float4*>(grow + h));
+      const float4 g1 = __ldg(reinterpret_cast<const float4*>(grow + h + 4));
       const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -68,15 +70,15 @@ __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
 }
 
 // One warp per token: scores, k rounds of a warp arg-max (higher score, then lower index), weights.
-__global__ void __launch_bounds__(256) topk_kernel(const RouteArgs a) {
-  const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int lane = threadIdx.x & 31;
-  if (t >= a.T) return;
+// NPL candidates per lane (E <= 32 * NPL). The lanes' slots past E hold -inf / 0, so a smaller NPL
+// gives the same bits as 16 (the softmax sum only drops additions of +0).
+template <int NPL>
+__device__ __forceinline__ void topk_token(const RouteArgs& a, int64_t t, int lane) {
   const float* x = a.logits + t * a.E;
-  float v[kMaxPerLane], sc[kMaxPerLane];
+  float v[NPL], sc[NPL];
   float m = -INFINITY;
 #pragma unroll
-  for (int i = 0; i < kMaxPerLane; ++i) {
+  for (int i = 0; i < NPL; ++i) {
     const int e = lane + 32 * i;
     v[i] = e < a.E ? x[e] : -INFINITY;
     m = fmaxf(m, v[i]);
@@ -87,17 +89,17 @@ __global__ void __launch_bounds__(256) topk_kernel(const RouteArgs a) {
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     float sum = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kMaxPerLane; ++i) {
+    for (int i = 0; i < NPL; ++i) {
       sc[i] = lane + 32 * i < a.E ? expf(v[i] - m) : 0.0f;
       sum += sc[i];
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
 #pragma unroll
-    for (int i = 0; i < kMaxPerLane; ++i) sc[i] = cc::div_rn(sc[i], sum);
+    for (int i = 0; i < NPL; ++i) sc[i] = cc::div_rn(sc[i], sum);
   } else {
 #pragma unroll
-    for (int i = 0; i < kMaxPerLane; ++i) sc[i] = v[i];
+    for (int i = 0; i < NPL; ++i) sc[i] = v[i];
   }
   uint32_t removed = 0;
   int my_id = 0;
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(256) topk_kernel(const RouteArgs a) {
     float best = 0.0f;
     int bidx = INT_MAX;
 #pragma unroll
-    for (int i = 0; i < kMaxPerLane; ++i) {
+    for (int i = 0; i < NPL; ++i) {
       const int e = lane + 32 * i;
       if (e < a.E && !((removed >> i) & 1u) && (bidx == INT_MAX || ranks_before(sc[i], e, best, bidx)))
         best = sc[i], bidx = e;
@@ -151,12 +153,16 @@ __device__ __forceinline__ int warp_sum(int v) {
   return v;
 }
 
+template <int NPL>
+__global__ void __launch_bounds__(256) topk_kernel(const RouteArgs a) {
+  const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (t >= a.T) return;
+  topk_token<NPL>(a, t, threadIdx.x & 31);
+}
+
 // One warp per expert: its row offset and tile offset (sums over the lower experts), its tiles, and
 // its rows in token order from the token bitmap.
-__global__ void __launch_bounds__(256) permute_kernel(const RouteArgs a) {
-  const int e = int((int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5);
-  const int lane = threadIdx.x & 31;
-  if (e >= a.E) return;
+__device__ __forceinline__ void permute_expert(const RouteArgs& a, int e, int lane) {
   const int TT = a.tile_tokens;
   int off = 0, toff = 0;
   for (int i = lane; i < e; i += 32) {
@@ -202,14 +208,39 @@ __global__ void __launch_bounds__(256) permute_kernel(const RouteArgs a) {
   if (lane == 0) a.amax1_e[e] = amax;
 }
 
+__global__ void __launch_bounds__(256) permute_kernel(const RouteArgs a) {
+  const int e = int((int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5);
+  if (e >= a.E) return;
+  permute_expert(a, e, threadIdx.x & 31);
+}
+
+int env_int(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : dflt;
+}
+
+template <int NPL>
+void launch_topk_permute(const RouteArgs& a, cudaStream_t s) {
+  topk_kernel<NPL><<<unsigned((a.T * 32 + 255) / 256), 256, 0, s>>>(a);
+  permute_kernel<<<unsigned((a.E * 32 + 255) / 256), 256, 0, s>>>(a);
+}
+
 }  // namespace
 
 cudaError_t route(const RouteArgs& a, cudaStream_t s) {
   if (a.T == 0) return cudaSuccess;
-  const dim3 g1(unsigned((a.E + kLogitExperts - 1) / kLogitExperts), unsigned((a.T + kLogitTokens - 1) / kLogitTokens));
-  logits_kernel<<<g1, 256, 0, s>>>(a);
-  topk_kernel<<<unsigned((a.T * 32 + 255) / 256), 256, 0, s>>>(a);
-  permute_kernel<<<unsigned((a.E * 32 + 255) / 256), 256, 0, s>>>(a);
+  // MXMOE_CUDA_ROUTE_LEGACY=1: the v2 geometry (8 experts x 16 tokens per CTA, 16 candidates per lane)
+  // for A/B runs (same bits, see logits_kernel / topk_token).
+  static const bool legacy = env_int("MXMOE_CUDA_ROUTE_LEGACY", 0) != 0;
+  // Small T: few experts and 4 tokens per CTA, so that the E x H gate streams through many SMs (v2: 64
+  // CTAs at T = 64, 16 at T = 1).
+  const int epc = legacy ? 8 : (a.T <= 16 ? 2 : 8);
+  const int tpc = legacy ? 16 : (a.T <= 256 ? 4 : 16);
+  const dim3 g1(unsigned((a.E + epc - 1) / epc), unsigned((a.T + tpc - 1) / tpc));
+  logits_kernel<<<g1, 32 * epc, 0, s>>>(a, tpc);
+  if (legacy || a.E > 256) launch_topk_permute<16>(a, s);
+  else if (a.E > 128) launch_topk_permute<8>(a, s);
+  else launch_topk_permute<4>(a, s);
   return cudaGetLastError();
 }
 
