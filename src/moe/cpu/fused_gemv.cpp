@@ -445,8 +445,24 @@ MXK_BF16_INLINE void panel_kernel(const uint16_t* p, const uint16_t* a, int64_t 
       for (int r = 0; r < R; ++r) acc[r][m] = dp(acc[r][m], wv[r], av);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < NT; ++m) out[r * NT + m] = _mm512_reduce_add_ps(acc[r][m]);
+  if constexpr (R == 4) {
+    // Four 16-lane sums at once (the reductions are ~1/3 of the work at K = 768): pairwise adds of
+    // interleaved lanes, then of the four 128-bit quarters.
+    for (int m = 0; m < NT; ++m) {
+      const __m512 a01 = _mm512_add_ps(_mm512_unpacklo_ps(acc[0][m], acc[1][m]), _mm512_unpackhi_ps(acc[0][m], acc[1][m]));
+      const __m512 a23 = _mm512_add_ps(_mm512_unpacklo_ps(acc[2][m], acc[3][m]), _mm512_unpackhi_ps(acc[2][m], acc[3][m]));
+      // 128-bit quarter q: [r0, r1, r0, r1] and [r2, r3, r2, r3] partial sums -> [r0, r1, r2, r3]
+      const __m512 b = _mm512_add_ps(_mm512_shuffle_ps(a01, a23, 0x44), _mm512_shuffle_ps(a01, a23, 0xee));
+      const __m256 c = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+      const __m128 d = _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps(c, 1));
+      alignas(16) float o[4];
+      _mm_store_ps(o, d);
+      for (int r = 0; r < 4; ++r) out[r * NT + m] = o[r];
+    }
+  } else {
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < NT; ++m) out[r * NT + m] = _mm512_reduce_add_ps(acc[r][m]);
+  }
 }
 
 constexpr int kPanelTokens = 6;  // 4 rows x 6 tokens: 24 accumulators + 4 weight vectors + 1 activation
