@@ -401,6 +401,9 @@ MXK_BF16_TARGET bool decode_panel16(const Fp4Weight& w, int64_t j0, int64_t nr, 
   const int64_t rb = w.K / 2, nb = w.K / F::block, nch = Kp / 128;
   const __m512i lo = _mm512_set1_epi32(0x2e000000), span = _mm512_set1_epi32(0x50000000 - 0x2e000000);
   const __m512i hi16 = _mm512_set1_epi32(int(0xffff0000u)), abs = _mm512_set1_epi32(0x7fffffff);
+  alignas(64) uint16_t ilv_idx[32];
+  for (int i = 0; i < 16; ++i) ilv_idx[2 * i] = uint16_t(i), ilv_idx[2 * i + 1] = uint16_t(16 + i);
+  const __m512i ilv = _mm512_load_si512(ilv_idx);
   __mmask16 bad = 0;
   for (int64_t r = 0; r < nr; ++r) {
     const uint8_t* crow = w.codes + (j0 + r) * rb;
@@ -421,10 +424,17 @@ MXK_BF16_TARGET bool decode_panel16(const Fp4Weight& w, int64_t j0, int64_t nr, 
         const __m512i e = _mm512_permutexvar_epi16(s == 0 ? q : _mm512_srli_epi16(q, 4 * s), lut16);
         __m512 ve = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(e, 16)), mlt);  // even 16-bit lanes
         __m512 vo = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(e, hi16)), mlt);  // odd ones
-        if constexpr (F::bf16) ve = round_bf16_v(ve), vo = round_bf16_v(vo);
-        _mm512_storeu_si512(panel + r * Kp + ch * 128 + 32 * s,
-                            _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(vo), hi16),
-                                            _mm512_srli_epi32(_mm512_castps_si512(ve), 16)));
+        __m512i out;
+        if constexpr (F::bf16) {
+          // vcvtne2ps2bf16 rounds to nearest even like round_bf16_v (it flushes denormals, and the
+          // multiplier range check keeps every nonzero product normal); lanes 0-15 = ve, 16-31 = vo,
+          // interleaved back to (even, odd) pairs.
+          out = _mm512_permutexvar_epi16(ilv, (__m512i)_mm512_cvtne2ps_pbh(vo, ve));
+        } else {  // exact products (at most 6 significant bits): take the top halves
+          out = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(vo), hi16),
+                                _mm512_srli_epi32(_mm512_castps_si512(ve), 16));
+        }
+        _mm512_storeu_si512(panel + r * Kp + ch * 128 + 32 * s, out);
       }
     }
   }

@@ -23,9 +23,10 @@ inline constexpr int64_t kDecodeDotMaxTokens = 4;
 // once into a bf16 panel and run the panel GEMM (fp4_gemm_panel_bf16) instead of re-decoding the
 // packed rows for every 2 tokens. BM_Fp4GemvKernel (1536 x 2048, 1 thread, cpu us, loaded machine):
 // exact n = 8: 224 fused vs 290 panel, n = 16: 441 vs 359; vllm NVFP4 (two tables and two dot
-// products per 32 weights in the fused kernel) n = 8: 492 vs 353.
+// products per 32 weights in the fused kernel; the panel rounds with vcvtne2ps2bf16) n = 2: 129 vs
+// ~190, n = 4: 245 vs 210, n = 8: 487 vs 311.
 inline constexpr int64_t kPanelMinTokens = 16;
-inline constexpr int64_t kPanelMinTokensVllmNv = 8;
+inline constexpr int64_t kPanelMinTokensVllmNv = 4;
 inline bool use_panel(bool vllm_nvfp4, int64_t tokens) {
   return tokens >= (vllm_nvfp4 ? kPanelMinTokensVllmNv : kPanelMinTokens);
 }
