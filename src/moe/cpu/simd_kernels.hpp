@@ -76,8 +76,9 @@ void fp4_gemv_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* a
 // the weights for every 2 tokens. Per lane the products are accumulated by vdpbf16ps in column
 // order of the layout, then reduced by a tree (a different rounding order from fp4_gemv_bf16; same
 // accumulation bound). Returns false, having possibly written rows in [r0, r1), when it cannot run:
-// no AVX512_BF16, forced scalar, DAZ, K % 16 != 0, or a weight outside [2^-36, 2^36] / non-finite
-// (see fused_gemv.cpp); the caller then runs fp4_gemv_bf16 on the same rows.
+// no AVX512_BF16, forced scalar, DAZ, K % 16 != 0, or a nonzero block multiplier (scale, or
+// scale / gs) outside [2^-35, 2^33] or not finite (see fused_gemv.cpp); the caller then runs
+// fp4_gemv_bf16 on the same rows.
 bool fp4_gemm_panel_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
                          const float* bias, float* y, int64_t ldy);
 
