@@ -20,6 +20,7 @@
 
 #include "moe/cpu/simd_kernels.hpp"
 #include "mxmoe/moe/layer.hpp"
+#include "mxmoe/roofline.hpp"
 
 using namespace mxmoe;
 using namespace mxmoe::moe;
@@ -27,43 +28,6 @@ using namespace mxmoe::moe;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double copy_bandwidth() {
-  static const double bw = [] {
-    const size_t n = size_t(256) << 20;
-    std::vector<char> a(n, 1), b(n, 0);
-    double best = 0;
-    for (int rep = 0; rep < 5; ++rep) {
-      const auto t0 = Clock::now();
-#pragma omp parallel for schedule(static)
-      for (int c = 0; c < 64; ++c) std::memcpy(b.data() + c * (n / 64), a.data() + c * (n / 64), n / 64);
-      best = std::max(best, 2.0 * double(n) / std::chrono::duration<double>(Clock::now() - t0).count());
-    }
-    benchmark::DoNotOptimize(b.data());
-    return best;
-  }();
-  return bw;
-}
-
-__attribute__((target("avx512f"))) double fma_rate_avx512() {
-  __m512 acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(float(i));
-  const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-7f);
-  const int64_t iters = 10'000'000;
-  const auto t0 = Clock::now();
-  for (int64_t it = 0; it < iters; ++it)
-    for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], m, a);
-  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-  float sink = 0;
-  for (int i = 0; i < 12; ++i) sink += _mm512_reduce_add_ps(acc[i]);
-  benchmark::DoNotOptimize(sink);
-  return double(iters) * 12 * 16 * 2 / s;
-}
-
-double peak_flops() {  // per core, measured, times the thread count
-  static const double v = (__builtin_cpu_supports("avx512f") ? fma_rate_avx512() : 0.0) * omp_get_max_threads();
-  return v;
-}
 
 const MoeLayer& layer(const std::string& shape, const std::string& scheme) {
   static std::map<std::string, std::unique_ptr<MoeLayer>> cache;
@@ -93,14 +57,15 @@ void BM_MoeLayer(benchmark::State& st, std::string shape, std::string scheme, Em
   // Plain (unit-less) counters from our own wall clock: Google Benchmark's rate counters would print
   // fractions as "/s".
   const double sec = std::chrono::duration<double>(Clock::now() - t0).count() / double(std::max<int64_t>(it, 1));
-  const double bw = copy_bandwidth();
+  const double bw = measure_copy_bandwidth();
   const double flops = 2.0 * double(T) * l.router.top_k * 3.0 * double(l.hidden) * double(l.inter);
   st.counters["touched_MB"] = bytes / 1e6;
   st.counters["GB/s"] = bytes / sec / 1e9;
   st.counters["floor_us"] = bytes / bw * 1e6;
   st.counters["bw_GB/s"] = bw / 1e9;
   st.counters["GFLOP/s"] = flops / sec / 1e9;
-  st.counters["flop_frac"] = peak_flops() > 0 ? flops / sec / peak_flops() : 0.0;
+  const double peak = measure_fma_peak_per_core() * omp_get_max_threads();
+  st.counters["flop_frac"] = peak > 0 ? flops / sec / peak : 0.0;
   st.counters["x_floor"] = sec / (bytes / bw);
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "mxmoe/quant.hpp"
+#include "mxmoe/roofline.hpp"
 #include "quant/cpu/quant_cpu.hpp"
 
 using namespace mxmoe;
@@ -24,48 +25,6 @@ constexpr Scheme kSchemes[] = {Scheme::NVFP4, Scheme::MXFP4, Scheme::MXFP6_E3M2}
 int max_threads() {
   static const int n = omp_get_max_threads();
   return n;
-}
-
-// Best-of copy bandwidth (bytes read + written per second) of a 256 MiB buffer with `threads` threads.
-double copy_bandwidth(int threads) {
-  static std::map<int, double> cache;
-  if (auto it = cache.find(threads); it != cache.end()) return it->second;
-  const size_t n = size_t(256) << 20;
-  std::vector<char> a(n, 1), b(n, 0);
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int c = 0; c < 64; ++c) std::memcpy(b.data() + c * (n / 64), a.data() + c * (n / 64), n / 64);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, 2.0 * double(n) / s);
-  }
-  benchmark::DoNotOptimize(b.data());
-  return cache[threads] = best;
-}
-
-// Peak float32 FMA rate per core, measured: 12 independent 16-lane FMA chains (AVX-512 when present).
-__attribute__((target("avx512f"))) double fma_rate_avx512() {
-  __m512 acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(float(i));
-  const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-7f);
-  const int64_t iters = 20'000'000;
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t it = 0; it < iters; ++it)
-    for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], m, a);
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  float sink = 0;
-  for (int i = 0; i < 12; ++i) sink += _mm512_reduce_add_ps(acc[i]);
-  benchmark::DoNotOptimize(sink);
-  return double(iters) * 12 * 16 * 2 / s;
-}
-
-double peak_flops_per_core() {
-  static const double v = [] {
-    if (__builtin_cpu_supports("avx512f")) return fma_rate_avx512();
-    return 0.0;  // unknown: flop_frac is then reported as 0
-  }();
-  return v;
 }
 
 // Float32 arithmetic per element (the integer rounding work is not counted): MX qdq scales the
@@ -101,8 +60,8 @@ void set_counters(benchmark::State& state, Scheme s, int op, int threads) {
   state.SetBytesProcessed(int64_t(it * 2.0 * kN));
   state.counters["threads"] = threads;
   state.counters["GBps_per_core"] = benchmark::Counter(it * 2.0 * kN / 1e9 / threads, benchmark::Counter::kIsRate);
-  state.counters["mem_frac"] = benchmark::Counter(it * moved / copy_bandwidth(threads), benchmark::Counter::kIsRate);
-  const double peak = peak_flops_per_core() * threads;
+  state.counters["mem_frac"] = benchmark::Counter(it * moved / measure_copy_bandwidth(threads), benchmark::Counter::kIsRate);
+  const double peak = measure_fma_peak_per_core() * threads;
   state.counters["flop_frac"] =
       benchmark::Counter(peak > 0 ? it * flops_per_elem(s, op) * kN / peak : 0, benchmark::Counter::kIsRate);
 }
@@ -213,9 +172,9 @@ void BM_QdqScalarFallback(benchmark::State& state) {
 // Memory roofline reference: parallel memcpy of 256 MiB; bytes = read + written.
 void BM_CopyBandwidth(benchmark::State& state) {
   const int threads = threads_arg(state);
-  for (auto _ : state) state.SetIterationTime(2.0 * double(size_t(256) << 20) / copy_bandwidth(threads));
-  state.counters["GBps"] = copy_bandwidth(threads) / 1e9;
-  state.counters["peak_GFLOPs_per_core"] = peak_flops_per_core() / 1e9;
+  for (auto _ : state) state.SetIterationTime(2.0 * double(size_t(256) << 20) / measure_copy_bandwidth(threads));
+  state.counters["GBps"] = measure_copy_bandwidth(threads) / 1e9;
+  state.counters["peak_GFLOPs_per_core"] = measure_fma_peak_per_core() / 1e9;
   state.counters["threads"] = threads;
 }
 

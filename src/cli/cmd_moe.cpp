@@ -15,6 +15,7 @@
 #include "mxmoe/layout.hpp"
 #include "mxmoe/moe/layer.hpp"
 #include "mxmoe/moe/loader.hpp"
+#include "mxmoe/roofline.hpp"
 #include "mxmoe/safetensors.hpp"
 
 namespace mxmoe::cli {
@@ -51,19 +52,6 @@ void run_moe_cmd(const MoeArgs& a) {
   fmt::print("tokens  {} -> {} ({:.2f} ms)\n", x.shape[0], a.out, ms);
 }
 
-// Memory bandwidth of this machine: a 512 MiB copy with all threads, bytes read + written.
-double measure_bandwidth() {
-  const size_t n = size_t(512) << 20;
-  std::vector<char> a(n, 1), b(n, 2);
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    const auto t0 = Clock::now();
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < 64; ++c) std::memcpy(b.data() + c * (n / 64), a.data() + c * (n / 64), n / 64);
-    best = std::max(best, 2.0 * n / std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  return best;
-}
 
 struct BenchArgs {
   std::string shape = "qwen3-30b-a3b", scheme = "w_nvfp4_a_nvfp4", emulation = "exact", backend = "auto";
@@ -78,7 +66,7 @@ void bench_moe_cmd(const BenchArgs& a) {
              s.num_experts, s.top_k, sch.name);
   std::fflush(stdout);
   const MoeLayer l = synthetic_layer(s, sch, 1);
-  const double bw = measure_bandwidth();
+  const double bw = measure_copy_bandwidth();
   fmt::print("memory bandwidth (copy, read+write, {} threads): {:.1f} GB/s\n\n", omp_get_max_threads(), bw / 1e9);
   MoeOptions o;
   o.emulation = parse_emulation(a.emulation);
