@@ -21,6 +21,7 @@
 #include "mxmoe/safetensors.hpp"
 #include "quant/cuda/quant_cuda.hpp"
 #include "quant_emulation.hpp"
+#include "golden_qdq_cases.hpp"
 #include "test_util.hpp"
 
 using namespace mxmoe;
@@ -459,7 +460,6 @@ TEST(QuantCudaApi, CudaCheckThrowsWithLocation) {
 
 // ---- golden files through the CUDA path -------------------------------------------------------------
 
-nlohmann::json cases_of(const SafetensorsFile& f) { return nlohmann::json::parse(f.metadata().at("cases")); }
 
 // qdq of a whole tensor (rows along the last dimension), output in x's dtype.
 Tensor qdq_via(Exec ex, const Tensor& x, const QuantParams& p) {
@@ -481,7 +481,7 @@ TEST_P(GoldenQdqCuda, Nvfp4MatchesVllmTorchPath) {
   MXMOE_SKIP_WITHOUT_SHARED(path, "golden/nvfp4_qdq.safetensors");
   auto f = SafetensorsFile::open(path);
   int n = 0;
-  for (const auto& c : cases_of(f)) {
+  for (const auto& c : mxmoe::test::golden_cases(f)) {
     const std::string name = c["name"];
     const Tensor x = f.load(name + ".x");
     QuantParams p{Scheme::NVFP4};
@@ -510,33 +510,17 @@ TEST_P(GoldenQdqCuda, MxFloorMatchesMicroxcaling) {
   const Exec ex = GetParam();
   MXMOE_SKIP_WITHOUT_DEVICE(ex);
   MXMOE_SKIP_WITHOUT_SHARED(path, "golden/mx_floor_qdq.safetensors");
-  auto f = SafetensorsFile::open(path);
-  const std::map<std::string, Scheme> formats = {
-      {"fp4_e2m1", Scheme::MXFP4},      {"fp6_e2m3", Scheme::MXFP6_E2M3}, {"fp6_e3m2", Scheme::MXFP6_E3M2},
-      {"fp8_e4m3", Scheme::MXFP8_E4M3}, {"fp8_e5m2", Scheme::MXFP8_E5M2}, {"int8", Scheme::MXINT8}};
-  int n = 0;
-  for (const auto& c : cases_of(f)) {
-    const std::string name = c["name"];
-    QuantParams p{formats.at(c["format"]), ScaleRule::Floor, parse_rounding(std::string(c["rounding"]))};
-    EXPECT_EQ(mxmoe::test::count_bit_mismatches(qdq_via(ex, f.load(name + ".x"), p), f.load(name + ".y"), name), 0);
-    ++n;
-  }
-  EXPECT_EQ(n, 36);
+  EXPECT_EQ(mxmoe::test::check_mx_floor_golden(path, [&](const Tensor& x, const QuantParams& p) { return qdq_via(ex, x, p); }),
+            36);
 }
 
 TEST_P(GoldenQdqCuda, Mxfp4EvenMatchesQuarkReference) {
   const Exec ex = GetParam();
   MXMOE_SKIP_WITHOUT_DEVICE(ex);
   MXMOE_SKIP_WITHOUT_SHARED(path, "golden/mxfp4_even_qdq.safetensors");
-  auto f = SafetensorsFile::open(path);
-  int n = 0;
-  for (const auto& c : cases_of(f)) {
-    const std::string name = c["name"];
-    QuantParams p{Scheme::MXFP4, ScaleRule::Even, Rounding::RNE};
-    EXPECT_EQ(mxmoe::test::count_bit_mismatches(qdq_via(ex, f.load(name + ".x"), p), f.load(name + ".y"), name), 0);
-    ++n;
-  }
-  EXPECT_EQ(n, 6);
+  EXPECT_EQ(
+      mxmoe::test::check_mxfp4_even_golden(path, [&](const Tensor& x, const QuantParams& p) { return qdq_via(ex, x, p); }),
+      6);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, GoldenQdqCuda, ::testing::Values(Exec::Host, Exec::Device),

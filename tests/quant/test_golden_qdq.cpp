@@ -4,21 +4,19 @@
 
 #include "mxmoe/quant.hpp"
 #include "mxmoe/safetensors.hpp"
+#include "golden_qdq_cases.hpp"
 #include "test_util.hpp"
 
 using namespace mxmoe;
 using mxmoe::test::count_bit_mismatches;
-
-namespace {
-nlohmann::json cases_of(const SafetensorsFile& f) { return nlohmann::json::parse(f.metadata().at("cases")); }
-}  // namespace
+using mxmoe::test::golden_cases;
 
 // vLLM ref_nvfp4_quant_dequant (torch path, `y_cpu`), plus the codes and block scales it produced.
 TEST(GoldenQdq, Nvfp4MatchesVllmTorchPath) {
   MXMOE_SKIP_WITHOUT_SHARED(path, "golden/nvfp4_qdq.safetensors");
   auto f = SafetensorsFile::open(path);
   int n = 0;
-  for (const auto& c : cases_of(f)) {
+  for (const auto& c : golden_cases(f)) {
     const std::string name = c["name"];
     const Tensor x = f.load(name + ".x");
     QuantParams p{Scheme::NVFP4};
@@ -42,30 +40,11 @@ TEST(GoldenQdq, Nvfp4MatchesVllmTorchPath) {
 // microxcaling quantize_mx_op: floor scale rule, rounding even (RNE) and nearest (away), six formats.
 TEST(GoldenQdq, MxFloorMatchesMicroxcaling) {
   MXMOE_SKIP_WITHOUT_SHARED(path, "golden/mx_floor_qdq.safetensors");
-  auto f = SafetensorsFile::open(path);
-  const std::map<std::string, Scheme> formats = {
-      {"fp4_e2m1", Scheme::MXFP4},      {"fp6_e2m3", Scheme::MXFP6_E2M3}, {"fp6_e3m2", Scheme::MXFP6_E3M2},
-      {"fp8_e4m3", Scheme::MXFP8_E4M3}, {"fp8_e5m2", Scheme::MXFP8_E5M2}, {"int8", Scheme::MXINT8}};
-  int n = 0;
-  for (const auto& c : cases_of(f)) {
-    const std::string name = c["name"];
-    QuantParams p{formats.at(c["format"]), ScaleRule::Floor, parse_rounding(std::string(c["rounding"]))};
-    EXPECT_EQ(count_bit_mismatches(qdq(f.load(name + ".x"), p, name), f.load(name + ".y"), name), 0);
-    ++n;
-  }
-  EXPECT_EQ(n, 36);
+  EXPECT_EQ(test::check_mx_floor_golden(path, [](const Tensor& x, const QuantParams& p) { return qdq(x, p); }), 36);
 }
 
 // vLLM's torch reference of AMD Quark's MXFP4 qdq: `even` scale rule, RNE, bf16 and fp16 tensors.
 TEST(GoldenQdq, Mxfp4EvenMatchesQuarkReference) {
   MXMOE_SKIP_WITHOUT_SHARED(path, "golden/mxfp4_even_qdq.safetensors");
-  auto f = SafetensorsFile::open(path);
-  int n = 0;
-  for (const auto& c : cases_of(f)) {
-    const std::string name = c["name"];
-    QuantParams p{Scheme::MXFP4, ScaleRule::Even, Rounding::RNE};
-    EXPECT_EQ(count_bit_mismatches(qdq(f.load(name + ".x"), p, name), f.load(name + ".y"), name), 0);
-    ++n;
-  }
-  EXPECT_EQ(n, 6);
+  EXPECT_EQ(test::check_mxfp4_even_golden(path, [](const Tensor& x, const QuantParams& p) { return qdq(x, p); }), 6);
 }
