@@ -79,60 +79,42 @@ void run_experts(const ExpertsBackend& be, const MoeLayer& l, const ExpertSet& s
   const bool vllm = e == Emulation::VLLM;
   auto rows_of = [&](int le) { return std::pair{g.expert_offsets[size_t(le)], g.rows_of(le)}; };
 
-  // GEMM1 input. vllm: one qdq over all rows with the shared scale. exact: per expert.
-  detail::Floats a1(x, x + P * H);
-  std::vector<float> alpha1(size_t(g.num_local_experts), 1.0f);
-  const float fp8_1 = s.act == ActQuant::FP8Tensor ? fp8_scale(a1.data(), P * H) : 1.0f;
-  if (vllm) {
-    const float gs = nv_act ? shared_nvfp4_gs(w13, a1.data(), P * H, "w13", warnings) : 1.0f;
-    detail::quantize_activation_rows(l, e, gs, fp8_1, a1.data(), P, H);
-  } else {
+  // One GEMM stage: quantize the input rows a [P, K] for this GEMM (vllm: one qdq over all rows with
+  // the shared scale; exact: per expert), then y [P, N] = a . W^T (+ bias) for every expert with rows.
+  auto gemm_stage = [&](const std::vector<ExpertLinear>& ws, const Tensor& bias, const char* which, float* a,
+                        int64_t K, int64_t N, float* y) {
+    std::vector<float> alpha(size_t(g.num_local_experts), 1.0f);
+    const float fp8 = s.act == ActQuant::FP8Tensor ? fp8_scale(a, P * K) : 1.0f;
+    if (vllm) {
+      const float gs = nv_act ? shared_nvfp4_gs(ws, a, P * K, which, warnings) : 1.0f;
+      detail::quantize_activation_rows(l, e, gs, fp8, a, P, K);
+    } else {
+      for (int le = 0; le < g.num_local_experts; ++le) {
+        auto [o, n] = rows_of(le);
+        float* r = a + o * K;
+        const float gs = nv_act ? expert_nvfp4_gs(ws[size_t(local_to_global[size_t(le)])], r, n * K) : 1.0f;
+        alpha[size_t(le)] = detail::quantize_activation_rows(l, e, gs, fp8, r, n, K);
+      }
+    }
+    std::vector<GemmTask> tasks;
     for (int le = 0; le < g.num_local_experts; ++le) {
       auto [o, n] = rows_of(le);
-      float* r = a1.data() + o * H;
-      const float gs = nv_act ? expert_nvfp4_gs(w13[size_t(local_to_global[size_t(le)])], r, n * H) : 1.0f;
-      alpha1[size_t(le)] = detail::quantize_activation_rows(l, e, gs, fp8_1, r, n, H);
+      const int ge = local_to_global[size_t(le)];
+      if (n == 0) continue;
+      const float* b = bias.data.empty() ? nullptr : bias.ptr<float>() + ge * N;
+      tasks.push_back({&ws[size_t(ge)], a + o * K, n, alpha[size_t(le)], b, y + o * N});
     }
-  }
+    be.grouped_gemm(tasks, e);
+  };
 
-  detail::Floats h1(size_t(P * 2 * I));
-  std::vector<GemmTask> tasks;
-  for (int le = 0; le < g.num_local_experts; ++le) {
-    auto [o, n] = rows_of(le);
-    const int ge = local_to_global[size_t(le)];
-    if (n == 0) continue;
-    const float* bias = b13.data.empty() ? nullptr : b13.ptr<float>() + ge * 2 * I;
-    tasks.push_back({&w13[size_t(ge)], a1.data() + o * H, n, alpha1[size_t(le)], bias, h1.data() + o * 2 * I});
-  }
-  be.grouped_gemm(tasks, e);
+  detail::Floats a1(x, x + P * H), h1(size_t(P * 2 * I));
+  gemm_stage(w13, b13, "w13", a1.data(), H, 2 * I, h1.data());
   if (vllm) round_all_bf16(h1);
 
   detail::Floats a2(size_t(P * I));
-  std::vector<float> alpha2(size_t(g.num_local_experts), 1.0f);
   apply_activation(l.activation, h1.data(), P, I, a2.data());
   if (vllm) round_all_bf16(a2);
-  const float fp8_2 = s.act == ActQuant::FP8Tensor ? fp8_scale(a2.data(), P * I) : 1.0f;
-  if (vllm) {
-    const float gs = nv_act ? shared_nvfp4_gs(w2, a2.data(), P * I, "w2", warnings) : 1.0f;
-    detail::quantize_activation_rows(l, e, gs, fp8_2, a2.data(), P, I);
-  } else {
-    for (int le = 0; le < g.num_local_experts; ++le) {
-      auto [o, n] = rows_of(le);
-      float* r = a2.data() + o * I;
-      const float gs = nv_act ? expert_nvfp4_gs(w2[size_t(local_to_global[size_t(le)])], r, n * I) : 1.0f;
-      alpha2[size_t(le)] = detail::quantize_activation_rows(l, e, gs, fp8_2, r, n, I);
-    }
-  }
-
-  tasks.clear();
-  for (int le = 0; le < g.num_local_experts; ++le) {
-    auto [o, n] = rows_of(le);
-    const int ge = local_to_global[size_t(le)];
-    if (n == 0) continue;
-    const float* bias = b2.data.empty() ? nullptr : b2.ptr<float>() + ge * H;
-    tasks.push_back({&w2[size_t(ge)], a2.data() + o * I, n, alpha2[size_t(le)], bias, out + o * H});
-  }
-  be.grouped_gemm(tasks, e);
+  gemm_stage(w2, b2, "w2", a2.data(), I, H, out);
   if (vllm)
     for (int64_t i = 0; i < P * H; ++i) out[i] = round_bf16(out[i]);
 }
