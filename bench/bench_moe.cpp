@@ -72,7 +72,8 @@ void BM_MoeLayer(benchmark::State& st, std::string shape, std::string scheme, Em
 // The fused FP4 kernel alone on one expert's w13 (2I x H = 1536 x 2048, nvfp4, exact mode) with n
 // token rows, single thread; the weights (1.8 MB) stay in L2/L3, so this is the kernel's compute rate.
 // bf16dot: 1 = the AVX512_BF16 dot-product kernel (activations packed as bf16) instead of the float one;
-// 2 = the decoded-panel GEMM (fp4_gemm_panel_bf16) the layer uses from kPanelMinTokens token rows.
+// 2 = the decoded-panel GEMM (fp4_gemm_panel_bf16) the layer uses from kPanelMinTokens token rows;
+// 3 (vllm only) = the bf16 weight-table kernel (fp4_gemv_vllm_table) vllm mode uses below the panel.
 void BM_Fp4GemvKernel(benchmark::State& st) {
   const int64_t n = st.range(0);
   const MoeLayer& l = layer("qwen3-30b-a3b", "w_nvfp4_a_nvfp4");
@@ -80,14 +81,19 @@ void BM_Fp4GemvKernel(benchmark::State& st) {
   const int64_t N = w.out_features(), K = w.in_features();
   const cpu::Fp4Weight fw{w.packed->codes.ptr<uint8_t>(), w.packed->scales.ptr<uint8_t>(), K, 16, Encoding::UE4M3,
                           st.range(1) ? w.packed->params.global_scale : 0.0f};
-  const bool dot16 = st.range(2) != 0, panel = st.range(2) == 2;
+  const bool dot16 = st.range(2) != 0, panel = st.range(2) == 2, table = st.range(2) == 3;
   if (dot16 && !cpu::fp4_bf16_dot_active()) return st.SkipWithError("no AVX512_BF16");
+  if (table && !st.range(1)) return st.SkipWithError("the table kernel is vllm only");
+  cpu::Nvfp4VllmTable tab;
+  if (table) cpu::nvfp4_vllm_table(fw.gs, &tab);
   std::vector<float> a(size_t(n * K), 0.5f), ap(size_t(n * cpu::fp4_act_stride(K))), y(size_t(n * N));
   std::vector<uint16_t> ap16(ap.size());
   cpu::fp4_pack_activations(a.data(), n, K, ap.data());
   cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data());
   for (auto _ : st) {
-    if (panel) {
+    if (table) {
+      cpu::fp4_gemv_vllm_table(fw, tab, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N);
+    } else if (panel) {
       if (!cpu::fp4_gemm_panel_bf16(fw, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N))
         return st.SkipWithError("panel kernel declined");
     } else if (dot16) cpu::fp4_gemv_bf16(fw, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N);
@@ -98,7 +104,7 @@ void BM_Fp4GemvKernel(benchmark::State& st) {
   st.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(N * K * n), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_Fp4GemvKernel)
-    ->ArgsProduct({{1, 2, 4, 8, 16, 32, 64}, {0, 1}, {0, 1, 2}})
+    ->ArgsProduct({{1, 2, 4, 8, 12, 16, 32, 64}, {0, 1}, {0, 1, 2, 3}})
     ->ArgNames({"n", "vllm", "bf16dot"})->Unit(benchmark::kMicrosecond);
 
 }  // namespace

@@ -28,14 +28,18 @@ constexpr int64_t kGemvTile = 16;  // weight rows decoded per step of the Decode
 
 bool is_fp4(const ExpertLinear& w) { return w.packed && element_bits(w.packed->params.scheme) == 4; }
 
+// vllm mode rounds NVFP4 weights q * (scale / gs) to bf16 (MX weights are exact either way).
+bool vllm_nvfp4(const ExpertLinear& w, Emulation e) {
+  return e == Emulation::VLLM && traits(w.packed->params.scheme).tensor_scale;
+}
+
 // The fused kernel's view of an FP4 projection, and the factor still owed to the accumulator.
 cpu::Fp4Weight fp4_view(const ExpertLinear& w, Emulation e, float* alpha) {
   const QuantizedTensor& q = *w.packed;
   const auto& st = traits(q.params.scheme);
-  const bool nv = st.tensor_scale, vllm = e == Emulation::VLLM;
-  *alpha = (!vllm && nv) ? 1.0f / q.params.global_scale : 1.0f;  // as decode_weight_rows
+  *alpha = (e == Emulation::Exact && st.tensor_scale) ? 1.0f / q.params.global_scale : 1.0f;  // as decode_weight_rows
   return {q.codes.ptr<uint8_t>(), q.scales.ptr<uint8_t>(), w.in_features(), st.block, st.scale,
-          (vllm && nv) ? q.params.global_scale : 0.0f};
+          vllm_nvfp4(w, e) ? q.params.global_scale : 0.0f};
 }
 
 double weight_bytes(const ExpertLinear& w) {
@@ -53,6 +57,7 @@ class CpuExperts final : public ExpertsBackend {
       cpu::GemmPath path;
       int64_t act_off;  // Fused: offset of the packed activations in `packed` / `packed16`
       bool bf16 = false;  // Fused: activations are exact bf16 values, packed16 holds them
+      int64_t table = -1;  // Fused vllm NVFP4 below the panel threshold: its weight table in `tables`
     };
     struct Item {
       size_t task;
@@ -60,28 +65,35 @@ class CpuExperts final : public ExpertsBackend {
     };
     std::vector<Plan> plans(tasks.size());
     std::vector<Item> items;
-    int64_t packed_len = 0;
+    int64_t packed_len = 0, n_tables = 0;
     double bytes = 0;
+    const bool dot16 = cpu::fp4_bf16_dot_active();
     for (size_t t = 0; t < tasks.size(); ++t) {
       const GemmTask& g = tasks[t];
       plans[t] = {cpu::choose_path(is_fp4(*g.w), g.n), packed_len};
-      if (plans[t].path == cpu::GemmPath::Fused) packed_len += g.n * cpu::fp4_act_stride(g.w->in_features());
+      if (plans[t].path == cpu::GemmPath::Fused) {
+        packed_len += g.n * cpu::fp4_act_stride(g.w->in_features());
+        if (dot16 && cpu::use_vllm_table(vllm_nvfp4(*g.w, e), g.n)) plans[t].table = n_tables++;
+      }
       bytes += weight_bytes(*g.w);
       for (int64_t r = 0; r < g.w->out_features(); r += cpu::kTileRows) items.push_back({t, r});
     }
     // Packed activations live in per-calling-thread buffers that only grow: no allocation (and no
-    // page faults) per call once warm. Only the layout a task uses is written.
-    const bool dot16 = cpu::fp4_bf16_dot_active();
+    // page faults) per call once warm. Only the layout a task uses is written. vllm NVFP4 weight
+    // tables are built with the activations, by the same thread.
     thread_local std::unique_ptr<float[]> packed_buf;
     thread_local std::unique_ptr<uint16_t[]> packed16_buf;
-    thread_local int64_t packed_cap = 0;
+    thread_local std::unique_ptr<cpu::Nvfp4VllmTable[]> table_buf;
+    thread_local int64_t packed_cap = 0, table_cap = 0;
     if (packed_len > packed_cap) {
       packed_buf.reset(new float[size_t(packed_len)]);  // uninitialized on purpose
       packed16_buf.reset(new uint16_t[size_t(packed_len)]);
       packed_cap = packed_len;
     }
+    if (n_tables > table_cap) table_buf.reset(new cpu::Nvfp4VllmTable[size_t(n_tables)]), table_cap = n_tables;
     float* const packed = packed_buf.get();
     uint16_t* const packed16 = packed16_buf.get();
+    cpu::Nvfp4VllmTable* const tables = table_buf.get();
     const int threads = cpu::choose_threads(bytes, int64_t(items.size()), omp_get_max_threads());
     // Items are claimed from an atomic counter by the caller and pool helpers (work_pool.hpp: the
     // caller never waits for a helper that has not started), and a task's activations are packed by
@@ -96,6 +108,7 @@ class CpuExperts final : public ExpertsBackend {
         const int64_t K = g.w->in_features();
         plans[t].bf16 = dot16 && cpu::fp4_pack_activations_bf16(g.a, g.n, K, packed16 + plans[t].act_off);
         if (!plans[t].bf16) cpu::fp4_pack_activations(g.a, g.n, K, packed + plans[t].act_off);
+        else if (plans[t].table >= 0) cpu::nvfp4_vllm_table(g.w->packed->params.global_scale, tables + plans[t].table);
         pack_state[t].store(2, std::memory_order_release);
         return;
       }
@@ -116,7 +129,10 @@ class CpuExperts final : public ExpertsBackend {
             if (p.bf16 && cpu::use_panel(w.gs > 0, t.n) &&
                 cpu::fp4_gemm_panel_bf16(w, r0, r0 + nr, packed16 + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N))
               break;
-            if (p.bf16)
+            if (p.bf16 && p.table >= 0)
+              cpu::fp4_gemv_vllm_table(w, tables[p.table], r0, r0 + nr, packed16 + p.act_off, t.n, t.a_alpha * wa,
+                                       t.bias, t.y, N);
+            else if (p.bf16)
               cpu::fp4_gemv_bf16(w, r0, r0 + nr, packed16 + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
             else
               cpu::fp4_gemv(w, r0, r0 + nr, packed + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);

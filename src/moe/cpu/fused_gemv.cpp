@@ -16,6 +16,7 @@
 #include <cstring>
 #include <memory>
 
+#include "moe/cpu/heuristics.hpp"
 #include "moe/cpu/simd_kernels.hpp"
 
 #define MXK_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
@@ -73,10 +74,6 @@ void gemv_scalar(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, in
 
 // ---- AVX-512 -----------------------------------------------------------------------------------
 
-#ifndef MXMOE_FP4_PREFETCH
-#define MXMOE_FP4_PREFETCH 8192
-#endif
-constexpr int64_t kPrefetchBytes = MXMOE_FP4_PREFETCH;
 
 struct Consts {
   __m512 lut, la, lb;  // e2m1 values; vllm NVFP4 split tables (see Fmt::kBf16)
@@ -141,11 +138,11 @@ MXK_INLINE void rows_kernel(const Fp4Weight& w, int64_t j, const float* ap, int6
     __m512 s1[R], s3[R];
     for (int r = 0; r < R; ++r) {
       // The rows of a tile are one contiguous stream, but short rows defeat the hardware prefetcher:
-      // fetch kPrefetchBytes ahead (and the scales at the same relative distance).
+      // fetch kFp4PrefetchBytes ahead (and the scales at the same relative distance).
       const uint8_t* cp = w.codes + (j + r) * rb + ch * 64;
-      _mm_prefetch(reinterpret_cast<const char*>(cp + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(cp + kFp4PrefetchBytes), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(w.scales + (j + r) * nb + ch * (128 / F::block) +
-                                                 kPrefetchBytes * 2 / F::block),
+                                                 kFp4PrefetchBytes * 2 / F::block),
                    _MM_HINT_T0);
       q[r] = _mm512_maskz_loadu_epi8(bm, cp);
       const __m512 sc = scale_vec<F>(w.scales + (j + r) * nb, ch, nb, k);
@@ -290,9 +287,9 @@ MXK_BF16_INLINE void rows_kernel16(const Fp4Weight& w, int64_t j, const uint16_t
     __m512 s1[R], s3[R];
     for (int r = 0; r < R; ++r) {
       const uint8_t* cp = w.codes + (j + r) * rb + ch * 64;
-      _mm_prefetch(reinterpret_cast<const char*>(cp + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(cp + kFp4PrefetchBytes), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(w.scales + (j + r) * nb + ch * (128 / F::block) +
-                                                 kPrefetchBytes * 2 / F::block),
+                                                 kFp4PrefetchBytes * 2 / F::block),
                    _MM_HINT_T0);
       q[r] = _mm512_maskz_loadu_epi8(bm, cp);
       const __m512 sc = scale_vec<F>(w.scales + (j + r) * nb, ch, nb, k.f);
@@ -411,7 +408,7 @@ MXK_BF16_TARGET bool decode_panel16(const Fp4Weight& w, int64_t j0, int64_t nr, 
     for (int64_t ch = 0; ch < nch; ++ch) {
       const int64_t cb = std::min<int64_t>(64, rb - ch * 64);
       const __mmask64 bm = cb == 64 ? ~__mmask64(0) : (__mmask64(1) << cb) - 1;
-      _mm_prefetch(reinterpret_cast<const char*>(crow + ch * 64 + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(crow + ch * 64 + kFp4PrefetchBytes), _MM_HINT_T0);
       const __m512i q = _mm512_maskz_loadu_epi8(bm, crow + ch * 64);
       const __m512 sc = scale_vec<F>(srow, ch, nb, k);
       const __m512 mlt = F::bf16 ? _mm512_div_ps(sc, k.gs) : sc;  // as decode: scale / gs

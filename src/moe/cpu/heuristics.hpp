@@ -21,20 +21,31 @@ inline constexpr int64_t kFusedMaxTokens = 256;
 inline constexpr int64_t kDecodeDotMaxTokens = 4;
 // Fused FP4 tasks with bf16 activations and at least this many token rows decode each 64-row tile
 // once into a bf16 panel and run the panel GEMM (fp4_gemm_panel_bf16) instead of re-decoding the
-// packed rows for every 2 tokens. BM_Fp4GemvKernel (1536 x 2048, 1 thread, cpu us, loaded machine):
-// exact n = 8: 224 fused vs 290 panel, n = 16: 441 vs 359; vllm NVFP4 (two tables and two dot
-// products per 32 weights in the fused kernel; the panel rounds with vcvtne2ps2bf16) n = 2: 129 vs
-// ~190, n = 4: 245 vs 210, n = 8: 487 vs 311.
+// packed rows for every 2-4 tokens. BM_Fp4GemvKernel (1536 x 2048, 1 thread, cpu us): exact n = 8:
+// 224 fused vs 290 panel, n = 16: 441 vs 359 (loaded machine); vllm NVFP4, where the fused kernel is
+// the weight-table one (fp4_gemv_vllm_table), load 1.0: n = 8: 231 vs 301, n = 12: 342 vs 340,
+// n = 16: 447 vs 411.
 inline constexpr int64_t kPanelMinTokens = 16;
-inline constexpr int64_t kPanelMinTokensVllmNv = 4;
+inline constexpr int64_t kPanelMinTokensVllmNv = 12;
 inline bool use_panel(bool vllm_nvfp4, int64_t tokens) {
   return tokens >= (vllm_nvfp4 ? kPanelMinTokensVllmNv : kPanelMinTokens);
 }
+
+// Fused vllm NVFP4 tasks below the panel threshold decode through a per-projection bf16 weight
+// table (n = 1: 58 us vs 101 us for the two-table fused kernel, n = 4: 125 vs 257; same run).
+inline bool use_vllm_table(bool vllm_nvfp4, int64_t tokens) { return vllm_nvfp4 && !use_panel(true, tokens); }
 
 inline GemmPath choose_path(bool fp4_packed, int64_t tokens) {
   if (fp4_packed && tokens <= kFusedMaxTokens) return GemmPath::Fused;
   return tokens <= kDecodeDotMaxTokens ? GemmPath::DecodeDot : GemmPath::Sgemm;
 }
+
+// Software prefetch distance of the fused FP4 kernels: short rows defeat the hardware prefetcher
+// (4, 8 and 16 KiB measured equal; bench/RESULTS.md v1).
+#ifndef MXMOE_FP4_PREFETCH
+#define MXMOE_FP4_PREFETCH 8192
+#endif
+inline constexpr int64_t kFp4PrefetchBytes = MXMOE_FP4_PREFETCH;
 
 // Weight rows per work item: small enough to balance 2 threads over a handful of experts, large
 // enough that scheduling (one atomic per item) is noise.

@@ -82,4 +82,25 @@ void fp4_gemv_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* a
 bool fp4_gemm_panel_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
                          const float* bias, float* y, int64_t ldy);
 
+// ---- vllm NVFP4, few token rows: one bf16 weight table per projection (fused_gemv_vllm.cpp) ------
+// vllm NVFP4 weights take 16 values per scale byte: w[s][q] = bf16 bits of bf16(e2m1(q) * (ue4m3(s) / gs)),
+// the values of decode_fp4_row. With the table the fused kernel decodes 32 weights with one two-register
+// permute (4 blocks' rows of the table) instead of two table lookups, two dot products and a
+// per-chunk scale / gs division and bf16 rounding.
+struct Nvfp4VllmTable {
+  // Scale codes whose multiplier scale / gs is nonzero and outside [2^-35, 2^33] (the range of
+  // fp4_gemm_panel_bf16, for the same reason), and NaN scales, hold NaN rows instead: rows using
+  // them come out NaN from the table kernel and are recomputed by fp4_gemv_bf16.
+  alignas(64) uint16_t w[256][16];
+};
+// Fills the table for encode scale gs > 0. Needs fp4_bf16_dot_active().
+void nvfp4_vllm_table(float gs, Nvfp4VllmTable* t);
+// fp4_gemv_bf16 for vllm NVFP4 weights (w.gs > 0, UE4M3 scales, block 16) with `t` built for w.gs:
+// same contract (ap in the bf16 layout, float32 accumulation, any n). SIMD: per float lane the
+// products of 4 consecutive columns of one block are accumulated by vdpbf16ps over the chunks, then
+// tree-reduced. Rows holding a scale code outside the table's range, and CPUs or inputs the SIMD
+// path does not take (see fp4_gemv_bf16), run fp4_gemv_bf16.
+void fp4_gemv_vllm_table(const Fp4Weight& w, const Nvfp4VllmTable& t, int64_t r0, int64_t r1, const uint16_t* ap,
+                         int64_t n, float alpha, const float* bias, float* y, int64_t ldy);
+
 }  // namespace mxmoe::moe::cpu
