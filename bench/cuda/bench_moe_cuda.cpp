@@ -4,7 +4,9 @@
 // Prints one line per (shape, scheme, mode, T) with the roofline floor (touched packed weights +
 // activations at the measured copy bandwidth, GEMM FLOPs at the bf16 tensor-core rate).
 //   bench_moe_cuda [--shape qwen3-30b-a3b] [--schemes a,b] [--tokens 1,64,4096] [--modes vllm,exact]
-//                  [--paths auto,tiled,gemv] [--tflops N]   (mode column: vllm / exact, or vllm-tiled ... for a forced path)
+//                  [--paths auto,multi,tiled,gemv] [--tflops N]   (mode column: vllm / exact, or vllm-tiled ... for a
+//                  forced path; multi = the multi-kernel forward where auto would run the fused kernel)
+//                  [--stages 1]   (after each fused-kernel line: its per-stage times from clock64 stamps)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -56,20 +58,63 @@ double measure_copy_bw() {  // device-to-device copy, bytes read + written
   return 2.0 * n / (ms[ms.size() / 2] * 1e-3);
 }
 
+// One eager forward of the fused kernel with clock64 stamps: per stage the mean and max over CTAs (us).
+void print_stages(CudaMoeLayer& dev, const void* x, int64_t T, Emulation em, float* out, int32_t* ids, float* w,
+                  cudaStream_t st) {
+  namespace k = mxmoe::moe::cuda;
+  int devi = 0, sms = 0, khz = 0;
+  MXMOE_CUDA_CHECK(cudaGetDevice(&devi));
+  MXMOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, devi));
+  MXMOE_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, devi));
+  const size_t n = size_t(4 * sms * k::kFusedStamps);
+  unsigned long long* d = nullptr;
+  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&d), n * 8));
+  MXMOE_CUDA_CHECK(cudaMemset(d, 0, n * 8));
+  k::fused_stage_stamps() = d;
+  for (int i = 0; i < 3; ++i) dev.forward(x, T, em, out, ids, w, st);
+  k::fused_stage_stamps() = nullptr;
+  MXMOE_CUDA_CHECK(cudaStreamSynchronize(st));
+  std::vector<unsigned long long> h(n);
+  MXMOE_CUDA_CHECK(cudaMemcpy(h.data(), d, n * 8, cudaMemcpyDeviceToHost));
+  cudaFree(d);
+  const char* names[k::kFusedStamps - 1] = {"logits", "sync", "route", "gemm1", "sync", "gemm2", "sync", "finalize"};
+  std::printf("    stages (us, mean/max over CTAs):");
+  double total_mean = 0, total_max = 0;
+  int ctas = 0;
+  for (int c = 0; c < 4 * sms; ++c) ctas += h[size_t(c) * k::kFusedStamps] != 0;
+  for (int i = 0; i + 1 < k::kFusedStamps; ++i) {
+    double sum = 0, mx = 0;
+    for (int c = 0; c < ctas; ++c) {
+      const unsigned long long* r = h.data() + size_t(c) * k::kFusedStamps;
+      const double us = double(r[i + 1] - r[i]) / khz * 1e3;
+      sum += us, mx = std::max(mx, us);
+    }
+    std::printf(" %s %.1f/%.1f", names[i], sum / ctas, mx);
+  }
+  for (int c = 0; c < ctas; ++c) {
+    const unsigned long long* r = h.data() + size_t(c) * k::kFusedStamps;
+    const double us = double(r[k::kFusedStamps - 1] - r[0]) / khz * 1e3;
+    total_mean += us / ctas, total_max = std::max(total_max, us);
+  }
+  std::printf(" | total %.1f/%.1f (%d CTAs)\n", total_mean, total_max, ctas);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string shape = "qwen3-30b-a3b", schemes = "w_nvfp4_a_nvfp4,w_mxfp4_a_mxfp4,w_nvfp4_a16", tokens = "1,64,4096";
   std::string modes = "vllm,exact", paths = "auto";
   double tflops = 790;
+  bool stages = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--shape") shape = v;
     else if (k == "--schemes") schemes = v;
     else if (k == "--tokens") tokens = v;
     else if (k == "--modes") modes = v;
-    else if (k == "--paths") paths = v;  // auto,tiled,gemv (grouped-GEMM kernel choice)
+    else if (k == "--paths") paths = v;  // auto,multi,tiled,gemv (fused kernel / grouped-GEMM kernel choice)
     else if (k == "--tflops") tflops = std::stod(v);
+    else if (k == "--stages") stages = v == "1";
   }
   std::string why;
   if (!mxmoe::cuda::cuda_available(&why)) {
@@ -82,7 +127,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> Ts;
   for (auto& t : split(tokens)) Ts.push_back(std::stoll(t));
   const int64_t maxT = *std::max_element(Ts.begin(), Ts.end());
-  std::printf("%-14s %-18s %-6s %6s %10s %10s %8s %8s %10s\n", "shape", "scheme", "mode", "T", "us", "floor_us", "x_floor",
+  std::printf("%-14s %-18s %-12s %6s %10s %10s %8s %8s %10s\n", "shape", "scheme", "mode", "T", "us", "floor_us", "x_floor",
               "experts", "eager_us");
   for (const auto& sname : split(schemes)) {
     const MoeScheme& s = parse_moe_scheme(sname);
@@ -120,6 +165,7 @@ int main(int argc, char** argv) {
       mxmoe::moe::cuda::gemm_path_override() = pname == "tiled" ? mxmoe::moe::cuda::GemmPath::Tiled
                                                : pname == "gemv" ? mxmoe::moe::cuda::GemmPath::Gemv
                                                                  : mxmoe::moe::cuda::GemmPath::Auto;
+      mxmoe::moe::cuda::fused_enabled() = pname == "auto";  // every forced path runs the multi-kernel forward
       const std::string mname = pname == "auto" ? mode_name : mode_name + "-" + pname;
       for (int64_t T : Ts) {
         cudaGraphExec_t ge[kSets];
@@ -168,8 +214,9 @@ int main(int argc, char** argv) {
         const double bytes = touched.size() * expert_bytes + double(T * H) * (2 + 4);
         const double flops = 2.0 * double(T * k) * (2.0 * I * H + double(I) * H);
         const double floor_us = std::max(bytes / bw, flops / (tflops * 1e12)) * 1e6;
-        std::printf("%-14s %-18s %-6s %6lld %10.1f %10.1f %8.2f %8zu %10.1f\n", shape.c_str(), sname.c_str(),
+        std::printf("%-14s %-18s %-12s %6lld %10.1f %10.1f %8.2f %8zu %10.1f\n", shape.c_str(), sname.c_str(),
                     mname.c_str(), (long long)T, us, floor_us, us / floor_us, touched.size(), eager_us);
+        if (stages && pname == "auto" && T <= dev.fused_tokens(em)) print_stages(dev, x[0], T, em, out, ids, w, st);
         std::fflush(stdout);
         for (auto& g : ge) cudaGraphExecDestroy(g);
         cudaEventDestroy(e0), cudaEventDestroy(e1);

@@ -180,7 +180,7 @@ TEST(CudaMoeDevice, WiderLayer) {
 // exactly (ids) and to float32 rounding (weights).
 TEST(CudaMoeDevice, RouterPathsMatchRef) {
   SKIP_WITHOUT_DEVICE();
-  const std::vector<SyntheticShape> shapes{{"r128", 1024, 32, 128, 8}};
+  const std::vector<SyntheticShape> shapes{{"r128", 1024, 32, 128, 8}, {"r200", 256, 32, 200, 8}};
   const std::vector<int64_t> Ts = quick() ? std::vector<int64_t>{1, 33} : std::vector<int64_t>{1, 2, 17, 32, 33, 64, 65, 257};
   for (const SyntheticShape& sh : shapes) {
     const MoeLayer l = small_layer(parse_moe_scheme("w_nvfp4_a_nvfp4"), 21, false, sh);
@@ -295,16 +295,92 @@ TEST(CudaMoeDevice, GemvAndTiledPathsAgree) {
     }
 }
 
-// The GEMV path is deterministic (no atomics on outputs; split-K sums in a fixed order) and
-// graph-capturable: two forwards and a graph replay agree bit for bit.
-TEST(CudaMoeDevice, GemvDeterministicUnderGraphs) {
+// Turns the fused single-kernel layer (sm90_fp4_moe_fused.cu) on or off for one scope, and lets it take
+// up to `cap` tokens (the kernel's limit is 8; the default cap is what pays off on the H200).
+struct ForceFused {
+  bool saved;
+  int64_t saved_cap;
+  explicit ForceFused(bool on, int64_t cap = 8)
+      : saved(mxmoe::moe::cuda::fused_enabled()), saved_cap(mxmoe::moe::cuda::fused_token_cap()) {
+    mxmoe::moe::cuda::fused_enabled() = on;
+    mxmoe::moe::cuda::fused_token_cap() = cap;
+  }
+  ~ForceFused() {
+    mxmoe::moe::cuda::fused_enabled() = saved;
+    mxmoe::moe::cuda::fused_token_cap() = saved_cap;
+  }
+};
+
+// The fused kernel at every token count it takes, against the CPU ref and against the multi-kernel path
+// (route + quantize + GEMV + finalize) on the same inputs: the same operands and epilogues, only the
+// split-K summation order may differ (same bound as GemvAndTiledPathsAgree). Shapes: few experts with
+// top-2 (T up to 8), 32 experts with top-4 and K % 128 != 0, 128 and 200 experts with top-8 (T up to 4;
+// both top-k widths).
+TEST(CudaMoeDevice, FusedAndMultiKernelPathsAgree) {
+  SKIP_WITHOUT_DEVICE();
+  ForceFused on(true);
+  const std::vector<SyntheticShape> shapes{kSmall, {"wide", 352, 160, 32, 4}, {"e128", 256, 96, 128, 8},
+                                           {"e200", 128, 64, 200, 8}};
+  const std::vector<const char*> schemes =
+      quick() ? std::vector<const char*>{"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4"}
+              : std::vector<const char*>{"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16", "w_mxfp4_a16",
+                                         "w_mxfp4_a_fp8", "w_mxfp4_a_mxfp6_e2m3"};
+  for (const char* sname : schemes)
+    for (const SyntheticShape& sh : shapes)
+      for (bool static_scales : {false, true}) {
+        if (static_scales && std::string(sname) != "w_nvfp4_a_nvfp4") continue;
+        const MoeLayer l = small_layer(parse_moe_scheme(sname), 17, static_scales, sh);
+        for (int64_t T : quick() ? std::vector<int64_t>{1, 3} : std::vector<int64_t>{1, 2, 3, 4, 5, 8}) {
+          const Tensor x = test::random_tensor(DType::BF16, {T, sh.hidden}, uint32_t(91 + T));
+          for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+            {
+              const CudaMoeLayer probe(l, T);
+              if (T > probe.fused_tokens(e)) continue;
+            }
+            const std::string what = std::string(sname) + " " + sh.name + " " + std::string(emulation_name(e)) +
+                                     " T=" + std::to_string(T) + (static_scales ? " static" : "");
+            const Compared c = compare(l, x, e, what);
+            EXPECT_LT(c.err, kTol) << what << " fused vs ref";
+            EXPECT_EQ(c.id_mismatch, 0) << what;
+            EXPECT_LT(c.w_err, 1e-5) << what;
+            MoeOptions o;
+            o.emulation = e;
+            o.backend = Backend::Cuda;
+            const MoeResult fused = run_moe(l, x, o);
+            MoeResult multi;
+            {
+              ForceFused off(false);
+              multi = run_moe(l, x, o);
+            }
+            const double d = rel_l2(fused.out.ptr<float>(), multi.out.ptr<float>(), multi.out.numel());
+            EXPECT_LT(d, kTol) << what << ": fused vs multi-kernel";
+            EXPECT_EQ(std::memcmp(fused.topk_ids.data.data(), multi.topk_ids.data.data(), multi.topk_ids.data.size()), 0)
+                << what;
+            EXPECT_EQ(std::memcmp(fused.topk_weights.data.data(), multi.topk_weights.data.data(),
+                                  multi.topk_weights.data.size()),
+                      0)
+                << what << ": the router weights are bit-identical";
+            std::printf("[ %-48s ] rel L2 fused vs multi %.2e, vs ref %.2e\n", what.c_str(), d, c.err);
+          }
+        }
+      }
+}
+
+// The GEMV path and the fused kernel are deterministic (no atomics on outputs; split-K sums in a fixed
+// order) and graph-capturable: two forwards and a graph replay agree bit for bit, poisoned outputs
+// are overwritten.
+class CudaMoeDeviceGraphs : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(CudaMoeDeviceGraphs, DeterministicUnderGraphs) {
   SKIP_WITHOUT_DEVICE();
   ForcePath f(mxmoe::moe::cuda::GemmPath::Gemv);
+  ForceFused on(true);
   const MoeLayer l = small_layer(parse_moe_scheme("w_mxfp4_a_mxfp4"), 4, false);
-  const int64_t T = 19, H = l.hidden;
+  const int64_t T = GetParam(), H = l.hidden;
   const int k = l.router.top_k;
   const Tensor x = test::random_tensor(DType::BF16, {T, H}, 8);
   CudaMoeLayer dev(l, T);
+  EXPECT_EQ(T <= dev.fused_tokens(Emulation::VLLM), T <= 8) << "T = " << T;
   void* dx = nullptr;
   float *dout = nullptr, *dw = nullptr;
   int32_t* dids = nullptr;
@@ -343,6 +419,9 @@ TEST(CudaMoeDevice, GemvDeterministicUnderGraphs) {
   cudaStreamDestroy(st);
   cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
 }
+
+// T = 3: the fused kernel; T = 19: route + GEMV + finalize.
+INSTANTIATE_TEST_SUITE_P(FusedAndGemv, CudaMoeDeviceGraphs, ::testing::Values(int64_t(3), int64_t(19)));
 
 TEST(CudaMoeDevice, AutoPicksCudaAndUnsupportedFallsBack) {
   SKIP_WITHOUT_DEVICE();

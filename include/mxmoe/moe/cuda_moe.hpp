@@ -44,6 +44,9 @@ class CudaMoeLayer {
   // Warnings of the vllm recipe the CPU backend also gives (e.g. experts disagreeing on input_scale).
   const std::vector<std::string>& warnings() const;
   size_t device_bytes() const;  // weights + workspace
+  // forward(.., e, ..) runs the whole layer as one cooperative kernel for T <= fused_tokens(e) (0: never;
+  // FP4 weights, bf16 GEMM inputs, the device and shape permitting; see moe_heuristics.hpp).
+  int64_t fused_tokens(Emulation e) const;
 
   struct Impl;
 

@@ -176,6 +176,8 @@ struct CudaMoeLayer::Impl {
   // workspace
   DevMem logits, rowamax, perm_token, row_expert, slot_to_perm, tiles, a1, a2, a2q, y, scratch;
   int64_t max_words = 0;
+  int64_t fused_T = 0;  // the fused kernel runs for T <= fused_T with fused_grid CTAs (0: never)
+  int fused_grid = 0;
   std::vector<std::string> warnings;
   size_t bytes = 0;
 
@@ -229,6 +231,10 @@ CudaMoeLayer::CudaMoeLayer(const MoeLayer& l, int64_t max_tokens) : impl_(std::m
   m.a2q.alloc(size_t(P * m.I) * 2);
   m.y.alloc(size_t(P * m.H) * 4);
   m.scratch.alloc(size_t(4 + 3 * m.E + m.E * m.max_words) * 4);
+  m.fused_T = std::min<int64_t>(k::fused_max_tokens(m.topk), max_tokens);
+  const int fsmem = m.fused_T > 0 ? k::fused_smem_bytes(m.fused_T, m.E, m.H, m.I) : 0;
+  if (m.fused_T > 0 && k::gemv_weights(m.wk) && fsmem <= k::kFusedMaxSmem)
+    m.fused_grid = k::fused_max_grid(m.wk, m.E, fsmem);
   for (const DevMem* d : {&m.w13.codes, &m.w13.scales, &m.w2.codes, &m.w2.scales, &m.gate, &m.logits, &m.a1, &m.a2,
                           &m.a2q, &m.y, &m.tiles, &m.scratch})
     m.bytes += d->n;
@@ -240,6 +246,13 @@ int CudaMoeLayer::top_k() const { return impl_->topk; }
 int64_t CudaMoeLayer::max_tokens() const { return impl_->max_T; }
 const std::vector<std::string>& CudaMoeLayer::warnings() const { return impl_->warnings; }
 size_t CudaMoeLayer::device_bytes() const { return impl_->bytes; }
+int64_t CudaMoeLayer::fused_tokens(Emulation e) const {
+  const Impl& m = *impl_;
+  const bool f32_gemm2 = m.aq == k::AQ::None && e != Emulation::VLLM;
+  const k::FusedPlan p = k::plan_fused(m.wk, f32_gemm2, 1, m.topk, m.E, m.w13.N, m.w13.K, m.w2.N, m.w2.K, m.fused_T,
+                                       m.fused_grid);
+  return p.use ? m.fused_T : 0;
+}
 
 void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out_dev, int32_t* topk_ids_dev,
                            float* topk_w_dev, cudaStream_t stream) {
@@ -257,7 +270,6 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   const int TT = 8 * nt;
   const int max_tiles = int(P / TT + std::min<int64_t>(m.E, P));
 
-  MXMOE_CUDA_CHECK(cudaMemsetAsync(m.scratch.p, 0, size_t(4 + 3 * m.E + m.E * words) * 4, stream));
   k::RouteArgs ra;
   ra.x = static_cast<const uint16_t*>(x_dev), ra.gate = m.gate.as<float>(), ra.gate_bias = m.gate_bias.as<float>();
   ra.T = T, ra.H = m.H, ra.E = m.E, ra.k = m.topk, ra.kind = int(m.router.kind), ra.renormalize = m.router.renormalize;
@@ -267,7 +279,6 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   ra.tile_tokens = TT, ra.perm_token = m.perm_token.as<int32_t>(), ra.row_expert = m.row_expert.as<int32_t>();
   ra.slot_to_perm = m.slot_to_perm.as<int32_t>(), ra.amax1_e = m.amax1_e(), ra.tiles = m.tiles.as<int4>();
   ra.num_tiles = m.num_tiles();
-  MXMOE_CUDA_CHECK(k::route(ra, stream));
 
   const bool nv = m.aq == k::AQ::NVFP4;
   auto scales_for = [&](const DevProj& w, const float* amax_all, const float* amax_e) {
@@ -283,6 +294,48 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
     }
     return s;
   };
+  auto common = [&](k::GemmArgs& g, const DevProj& w) {
+    g.wk = m.wk, g.codes = w.codes.as<uint8_t>(), g.row_bytes = w.row_bytes, g.scales = w.scales.as<uint8_t>();
+    g.w_gs = w.gs.as<float>();
+    g.w_alpha = vllm ? w.alpha_vllm.as<float>() : w.alpha_exact.as<float>();
+    g.bias = w.bias.p ? w.bias.as<float>() : nullptr;
+    g.N = int(w.N), g.K = int(w.K), g.vllm = vllm;
+  };
+  // Accumulator factors of the activations (exact mode) and GEMM1's amax outputs for GEMM2's scales.
+  auto act_side = [&](k::GemmArgs& g, const k::ActScale& sc) {
+    if (!vllm && nv) g.a_alpha_kind = 1, g.a_sc = sc;
+    if (!vllm && m.aq == k::AQ::FP8) g.a_alpha_kind = 2, g.a_sc = sc;
+  };
+  const bool dyn2_all = (nv && vllm && m.w2.vllm_static_gs <= 0) || m.aq == k::AQ::FP8;
+  auto gemm1_epilogue = [&](k::GemmArgs& g) {
+    g.act = int(m.activation.act), g.act_alpha = m.activation.alpha, g.act_limit = effective_limit(m.activation);
+    g.y = m.a2.as<float>(), g.ldy = m.I;
+    if (dyn2_all) g.amax_out = m.amax2();
+    if (nv && !vllm) g.amax_out_e = m.amax2_e();
+  };
+
+  const k::FusedPlan fp = k::plan_fused(m.wk, f32_gemm2, T, m.topk, m.E, m.w13.N, m.w13.K, m.w2.N, m.w2.K, m.fused_T,
+                                        m.fused_grid);
+  if (fp.use) {
+    k::FusedArgs fa;
+    fa.r = ra;
+    common(fa.g1, m.w13), common(fa.g2, m.w2);
+    fa.sc1 = scales_for(m.w13, nullptr, nullptr);
+    fa.sc1_dyn = nv ? (vllm ? 1 : 2) : (m.aq == k::AQ::FP8 ? 1 : 0);
+    act_side(fa.g1, fa.sc1);
+    gemm1_epilogue(fa.g1);
+    const k::ActScale sc2 = scales_for(m.w2, m.amax2(), m.amax2_e());
+    act_side(fa.g2, sc2);
+    fa.g2.a_sc = sc2;
+    fa.g2.y = m.y.as<float>(), fa.g2.ldy = m.H;
+    fa.aq = m.aq, fa.scale_rule = int(m.act_rule), fa.rounding = int(m.act_rounding);
+    fa.ksplit1 = fp.ksplit1, fa.ksplit2 = fp.ksplit2, fa.blocked_items = fp.blocked, fa.out = out_dev;
+    MXMOE_CUDA_CHECK(k::fused_moe(fa, m.fused_grid, stream));
+    return;
+  }
+
+  MXMOE_CUDA_CHECK(cudaMemsetAsync(m.scratch.p, 0, size_t(4 + 3 * m.E + m.E * words) * 4, stream));
+  MXMOE_CUDA_CHECK(k::route(ra, stream));
 
   // GEMM1 input
   k::GemmArgs g1;
@@ -303,23 +356,13 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
     MXMOE_CUDA_CHECK(k::quant_rows(q, stream));
     g1.b16 = m.a1.as<uint16_t>();
   }
-  auto common = [&](k::GemmArgs& g, const DevProj& w) {
-    g.wk = m.wk, g.codes = w.codes.as<uint8_t>(), g.row_bytes = w.row_bytes, g.scales = w.scales.as<uint8_t>();
-    g.w_gs = w.gs.as<float>();
-    g.w_alpha = vllm ? w.alpha_vllm.as<float>() : w.alpha_exact.as<float>();
-    g.bias = w.bias.p ? w.bias.as<float>() : nullptr;
-    g.N = int(w.N), g.K = int(w.K), g.vllm = vllm;
+  auto tiles = [&](k::GemmArgs& g) {
     g.tiles = m.tiles.as<int4>(), g.num_tiles = m.num_tiles(), g.max_tiles = max_tiles, g.nt = nt;
   };
-  common(g1, m.w13);
+  common(g1, m.w13), tiles(g1);
   g1.ldb = m.H;
-  if (!vllm && nv) g1.a_alpha_kind = 1, g1.a_sc = sc1;
-  if (!vllm && m.aq == k::AQ::FP8) g1.a_alpha_kind = 2, g1.a_sc = sc1;
-  g1.act = int(m.activation.act), g1.act_alpha = m.activation.alpha, g1.act_limit = effective_limit(m.activation);
-  g1.y = m.a2.as<float>(), g1.ldy = m.I;
-  const bool dyn2_all = (nv && vllm && m.w2.vllm_static_gs <= 0) || m.aq == k::AQ::FP8;
-  if (dyn2_all) g1.amax_out = m.amax2();
-  if (nv && !vllm) g1.amax_out_e = m.amax2_e();
+  act_side(g1, sc1);
+  gemm1_epilogue(g1);
   MXMOE_CUDA_CHECK(plan.gemv1 ? k::grouped_gemv(g1, plan.ksplit1, plan.depth, stream) : k::grouped_gemm(g1, stream));
 
   // GEMM2 input
@@ -335,10 +378,9 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
     MXMOE_CUDA_CHECK(k::quant_rows(q, stream));
     g2.b16 = m.a2q.as<uint16_t>();
   }
-  common(g2, m.w2);
+  common(g2, m.w2), tiles(g2);
   g2.ldb = m.I;
-  if (!vllm && nv) g2.a_alpha_kind = 1, g2.a_sc = sc2;
-  if (!vllm && m.aq == k::AQ::FP8) g2.a_alpha_kind = 2, g2.a_sc = sc2;
+  act_side(g2, sc2);
   g2.y = m.y.as<float>(), g2.ldy = m.H;
   MXMOE_CUDA_CHECK(plan.gemv2 ? k::grouped_gemv(g2, plan.ksplit2, plan.depth, stream) : k::grouped_gemm(g2, stream));
 

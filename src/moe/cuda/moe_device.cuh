@@ -63,4 +63,24 @@ __device__ __forceinline__ float gated_act(int act, float gate, float up, float 
   }
 }
 
+// Finalize of 4 output columns (vector gid of T * H / 4): the weighted sum over the k slots in slot
+// order, bf16-rounded in vllm mode.
+__device__ __forceinline__ void finalize_vec4(const FinalizeArgs& a, int64_t gid) {
+  const int64_t h4 = a.H / 4;
+  const int64_t t = gid / h4, c = (gid - t * h4) * 4;
+  float acc[4] = {0, 0, 0, 0};
+  for (int j = 0; j < a.k; ++j) {
+    const float w = a.weights[t * a.k + j];
+    const int32_t p = a.slot_to_perm[t * a.k + j];
+    const float4 y = __ldcg(reinterpret_cast<const float4*>(a.y + int64_t(p) * a.H + c));
+    acc[0] = cc::add_rn(acc[0], cc::mul_rn(w, y.x));
+    acc[1] = cc::add_rn(acc[1], cc::mul_rn(w, y.y));
+    acc[2] = cc::add_rn(acc[2], cc::mul_rn(w, y.z));
+    acc[3] = cc::add_rn(acc[3], cc::mul_rn(w, y.w));
+  }
+  if (a.vllm)
+    for (float& v : acc) v = round_bf16(v);
+  *reinterpret_cast<float4*>(a.out + t * a.H + c) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+}
+
 }  // namespace mxmoe::moe::cuda

@@ -1,4 +1,5 @@
-// Which grouped-GEMM kernel runs for which shape (kept apart from the kernels): the tiled mma kernel
+// Which kernels run for which shape (kept apart from the kernels). A few tokens: the whole layer in one
+// cooperative kernel (sm90_fp4_moe_fused.cu). Otherwise, per GEMM, the tiled mma kernel
 // (sm80_moe_gemm.cuh, weights decoded once per tile of up to 32 tokens) or the decode-shaped GEMV kernel
 // (sm90_fp4_moe_gemv.cu, tiles of at most 8 tokens, built to stream weights with every SM). The choice is
 // made on the host from the average rows per expert (the per-expert counts live on the device and the
@@ -71,6 +72,77 @@ inline GemmPlan plan_gemms(WKind wk, int64_t P, int E, int64_t N1, int64_t K1, i
   p.gemv2 = !gemm2_f32 && gemv_smem_bytes(K2) <= kGemvMaxSmem;
   p.ksplit1 = gemv_ksplit(active, N1, sms);
   p.ksplit2 = gemv_ksplit(active, N2, sms);
+  return p;
+}
+
+// The fused layer kernel: MXMOE_CUDA_MOE_FUSED=0 turns it off (A/B runs, tests of both paths).
+inline bool& fused_enabled() {
+  static bool on = [] {
+    const char* v = std::getenv("MXMOE_CUDA_MOE_FUSED");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// Tokens up to which the fused kernel runs. The kernel takes up to 8 tokens and 32 (token, expert) slots;
+// on the H200 it beats the multi-kernel forward at T = 1 and 2 of Qwen3-30B-A3B and loses at T = 4
+// (bench/RESULTS.md, "v4"), so it runs up to 2 (MXMOE_CUDA_FUSED_MAX_T=1..8 for A/B runs).
+inline int64_t& fused_token_cap() {  // tests raise it to cover the kernel's whole range
+  static int64_t cap = [] {
+    const char* v = std::getenv("MXMOE_CUDA_FUSED_MAX_T");
+    const int64_t t = v ? std::atoll(v) : 2;
+    return t >= 1 && t <= 8 ? t : 2;
+  }();
+  return cap;
+}
+inline int64_t fused_max_tokens(int top_k) {
+  const int64_t by_slots = 32 / top_k, cap = fused_token_cap() < 8 ? fused_token_cap() : 8;
+  return by_slots < cap ? by_slots : cap;
+}
+constexpr int kFusedMaxSmem = 160 * 1024;
+
+struct FusedPlan {
+  bool use = false;
+  int ksplit1 = 1, ksplit2 = 1;
+  bool blocked = true;
+};
+
+// Warps per m-tile for one GEMM of the fused kernel (CTA = 8 warps): the least time as waves of CTA
+// items times (rounds of a warp's kFusedDepth-chunk weight stream + about two rounds of per-item
+// restaging and barriers), `active` experts of N x K. Measured: one warp per m-tile wins at T = 1.
+inline int fused_ksplit(int64_t active, int64_t N, int64_t K, int grid) {
+  int best = 1;
+  int64_t best_cost = INT64_MAX;
+  const int64_t m16 = N / 16, chunks = (K + 127) / 128;
+  for (int ks = 1; ks <= 8; ks *= 2) {
+    const int64_t items = active * ((m16 + 8 / ks - 1) / (8 / ks));
+    const int64_t waves = (items + grid - 1) / grid;
+    const int64_t rounds = ((chunks + ks - 1) / ks + kFusedDepth - 1) / kFusedDepth;
+    const int64_t cost = waves * (rounds + 2);
+    if (cost < best_cost) best = ks, best_cost = cost;
+  }
+  return best;
+}
+
+// grid: the co-resident CTAs of the fused kernel (0: it cannot run); max_tokens: the T it was sized for.
+inline FusedPlan plan_fused(WKind wk, bool gemm2_f32, int64_t T, int top_k, int E, int64_t N1, int64_t K1, int64_t N2,
+                            int64_t K2, int64_t max_tokens, int grid) {
+  FusedPlan p;
+  if (!fused_enabled() || !gemv_weights(wk) || gemm2_f32 || grid <= 0 || T < 1 || T > max_tokens) return p;
+  p.use = true;
+  static const bool strided = [] {  // MXMOE_CUDA_FUSED_STRIDED=1: strided item order (A/B runs)
+    const char* v = std::getenv("MXMOE_CUDA_FUSED_STRIDED");
+    return v && std::strcmp(v, "1") == 0;
+  }();
+  p.blocked = !strided;
+  const int64_t active = T * top_k < E ? T * top_k : E;
+  static const int forced_ks = [] {  // MXMOE_CUDA_FUSED_KSPLIT=1|2|4|8 (A/B runs)
+    const char* v = std::getenv("MXMOE_CUDA_FUSED_KSPLIT");
+    const int ks = v ? std::atoi(v) : 0;
+    return ks == 1 || ks == 2 || ks == 4 || ks == 8 ? ks : 0;
+  }();
+  p.ksplit1 = forced_ks ? forced_ks : fused_ksplit(active, N1, K1, grid);
+  p.ksplit2 = forced_ks ? forced_ks : fused_ksplit(active, N2, K2, grid);
   return p;
 }
 

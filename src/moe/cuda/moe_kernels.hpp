@@ -111,6 +111,39 @@ cudaError_t grouped_gemv(const GemmArgs& a, int ksplit, int depth, cudaStream_t 
 int gemv_row_stride(int64_t K);
 int gemv_smem_bytes(int64_t K);
 
+// The whole layer for a few tokens in one cooperative kernel (sm90_fp4_moe_fused.cu): logits | top-k,
+// grouping, GEMM1 with its input quantization and the activation | GEMM2 with its input quantization |
+// finalize, with grid-wide barriers at the bars. FP4 weights (NVFP4, MXFP4), bf16 GEMM inputs, at most
+// 8 tokens and 32 (token, expert) rows, the softmax_topk / topk_then_softmax routers. The numerics are
+// those of route + quant_rows + grouped_gemv + finalize (the K split may differ: float32 summation order).
+struct FusedArgs {
+  RouteArgs r;     // x, gate, gate_bias, T, H, E, k, kind, renormalize, scaling, logits, ids, weights
+  GemmArgs g1;     // w13 and GEMM1's epilogue: y = [P, I] float32, amax_out / amax_out_e (zeroed here)
+  GemmArgs g2;     // w2: y = [P, H] float32; a_sc reads GEMM1's amax outputs
+  AQ aq = AQ::None;
+  int scale_rule = 0, rounding = 0;
+  ActScale sc1;    // GEMM1 input: the static parts (the kernel adds its own amax where dynamic)
+  int sc1_dyn = 0;  // 0: static, 1: dynamic over all tokens, 2: dynamic per expert
+  int ksplit1 = 1, ksplit2 = 1;  // warps per m-tile (1, 2, 4, 8) of GEMM1 / GEMM2
+  bool blocked_items = true;     // CTA c takes items [c * per, (c + 1) * per) (else c, c + grid, ...)
+  float* out = nullptr;          // [T, H]
+  // Profiling (bench_moe_cuda --stages): when set, thread 0 of every CTA writes kFusedStamps clock64
+  // values per CTA at the stage boundaries (start, logits, barrier, routing, GEMM1, barrier, GEMM2,
+  // barrier, end).
+  unsigned long long* stamps = nullptr;
+};
+constexpr int kFusedStamps = 9;
+constexpr int kFusedDepth = 4;  // 128-element weight chunks in flight per warp (in registers)
+// The stamps buffer fused_moe launches with (nullptr: none); set by the benchmark.
+inline unsigned long long*& fused_stage_stamps() {
+  static unsigned long long* p = nullptr;
+  return p;
+}
+// grid: at most fused_max_grid CTAs (all co-resident). Dynamic shared memory: fused_smem_bytes.
+cudaError_t fused_moe(const FusedArgs& a, int grid, cudaStream_t s);
+int fused_smem_bytes(int64_t T, int E, int64_t H, int64_t I);
+int fused_max_grid(WKind wk, int E, int smem_bytes);  // 0 when the kernel cannot run co-resident
+
 struct FinalizeArgs {
   const float* y = nullptr;  // [P, H]
   const int32_t* slot_to_perm = nullptr;

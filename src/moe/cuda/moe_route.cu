@@ -3,56 +3,29 @@
 // expert are contiguous, experts in id order, rows of an expert in token order (slot order), exactly
 // like mxmoe::moe::group_by_expert. Also the per-token and per-expert amax of x (dynamic scales) and
 // the GEMM tile list {expert, first row, rows}.
-#include <cfloat>
 #include <cstdlib>
 
-#include "moe/cuda/moe_device.cuh"
+#include "moe/cuda/moe_route.cuh"
 
 namespace mxmoe::moe::cuda {
 namespace {
 
 // Logits: warp = one expert (blockDim.x / 32 experts per CTA), gridDim.y covers the tokens, `tpc` (a
-// multiple of 4) per CTA, 4 at a time; lanes stride over H by 8 (16-byte x loads).
-// Every (token, expert) sum runs in the same order whatever the geometry (per lane over h, then the
-// xor butterfly), so the logits are bit-identical for any experts / tokens per CTA.
+// multiple of 4) per CTA, 4 at a time; lanes stride over H by 8 (16-byte x loads); bit-identical for any
+// geometry (logits4).
 __global__ void __launch_bounds__(256) logits_kernel(const RouteArgs a, int tpc) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int e = blockIdx.x * (blockDim.x >> 5) + warp;
   const int64_t tbase = int64_t(blockIdx.y) * tpc;
   const bool do_amax = blockIdx.x == 0 && warp == 0;
   if (e >= a.E && !do_amax) return;
-  const int ee = e < a.E ? e : 0;
-  const float* grow = a.gate + int64_t(ee) * a.H;
+  const float* grow = a.gate + int64_t(e < a.E ? e : 0) * a.H;
   for (int t4 = 0; t4 < tpc; t4 += 4) {
     if (tbase + t4 >= a.T) break;
-    float acc[4] = {0, 0, 0, 0}, am[4] = {0, 0, 0, 0};
-#pragma unroll 4
-    for (int64_t h = int64_t(lane) * 8; h < a.H; h += 256) {
-      const float4 g0 = __ldg(reinterpret_cast<const float4*>(grow + h));
-      const float4 g1 = __ldg(reinterpret_cast<const float4*>(grow + h + 4));
-      const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t t = tbase + t4 + i;
-        if (t >= a.T) break;
-        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(a.x + t * a.H + h));
-        const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float lo = cc::bitsf(xw[j] << 16), hi = cc::bitsf(xw[j] & 0xffff0000u);
-          acc[i] = fmaf(lo, gv[2 * j], acc[i]);
-          acc[i] = fmaf(hi, gv[2 * j + 1], acc[i]);
-          am[i] = fmaxf(am[i], fmaxf(fabsf(lo), fabsf(hi)));
-        }
-      }
-    }
+    float acc[4], am[4];
+    logits4(a, grow, tbase + t4, lane, acc, am);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
-        am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], o));
-      }
       const int64_t t = tbase + t4 + i;
       if (lane == 0 && t < a.T) {
         if (e < a.E) a.logits[t * a.E + e] = acc[i] + (a.gate_bias ? a.gate_bias[e] : 0.0f);
@@ -65,80 +38,12 @@ __global__ void __launch_bounds__(256) logits_kernel(const RouteArgs a, int tpc)
   }
 }
 
-__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
-  return a > b || (a == b && ia < ib);
-}
-
-// One warp per token: scores, k rounds of a warp arg-max (higher score, then lower index), weights.
-// NPL candidates per lane (E <= 32 * NPL). The lanes' slots past E hold -inf / 0, so a smaller NPL
-// gives the same bits as 16 (the softmax sum only drops additions of +0).
+// One warp per token: the selection, then the outputs and the per-expert counts and token bitmap.
 template <int NPL>
 __device__ __forceinline__ void topk_token(const RouteArgs& a, int64_t t, int lane) {
-  const float* x = a.logits + t * a.E;
-  float v[NPL], sc[NPL];
-  float m = -INFINITY;
-#pragma unroll
-  for (int i = 0; i < NPL; ++i) {
-    const int e = lane + 32 * i;
-    v[i] = e < a.E ? x[e] : -INFINITY;
-    m = fmaxf(m, v[i]);
-  }
-  const bool softmax_first = a.kind == 0;
-  if (softmax_first) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    float sum = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NPL; ++i) {
-      sc[i] = lane + 32 * i < a.E ? expf(v[i] - m) : 0.0f;
-      sum += sc[i];
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-#pragma unroll
-    for (int i = 0; i < NPL; ++i) sc[i] = cc::div_rn(sc[i], sum);
-  } else {
-#pragma unroll
-    for (int i = 0; i < NPL; ++i) sc[i] = v[i];
-  }
-  uint32_t removed = 0;
-  int my_id = 0;
-  float my_score = 0.0f;
-  for (int j = 0; j < a.k; ++j) {
-    float best = 0.0f;
-    int bidx = INT_MAX;
-#pragma unroll
-    for (int i = 0; i < NPL; ++i) {
-      const int e = lane + 32 * i;
-      if (e < a.E && !((removed >> i) & 1u) && (bidx == INT_MAX || ranks_before(sc[i], e, best, bidx)))
-        best = sc[i], bidx = e;
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bidx, o);
-      if (oi != INT_MAX && (bidx == INT_MAX || ranks_before(ob, oi, best, bidx))) best = ob, bidx = oi;
-    }
-    if (bidx == INT_MAX) bidx = 0;  // unreachable for k <= E; keeps indices in bounds
-    if ((bidx & 31) == lane) removed |= 1u << (bidx >> 5);
-    if (lane == j) my_id = bidx, my_score = best;
-  }
-  // Weights, in slot order (lane j holds slot j).
-  float w = my_score;
-  if (softmax_first) {
-    if (a.renormalize) {
-      float s = 0.0f;
-      for (int j = 0; j < a.k; ++j) s = cc::add_rn(s, __shfl_sync(0xffffffffu, my_score, j));
-      w = cc::div_rn(my_score, s);
-    }
-    w = cc::mul_rn(w, a.scaling);
-  } else {
-    const float m0 = __shfl_sync(0xffffffffu, my_score, 0);
-    const float ex = expf(my_score - m0);
-    float s = 0.0f;
-    for (int j = 0; j < a.k; ++j) s = cc::add_rn(s, __shfl_sync(0xffffffffu, ex, j));
-    w = cc::mul_rn(cc::div_rn(ex, s), a.scaling);
-  }
+  int my_id;
+  float w;
+  topk_select<NPL>(a, a.logits + t * a.E, lane, my_id, w);
   if (lane < a.k) {
     a.ids[t * a.k + lane] = my_id;
     a.weights[t * a.k + lane] = w;

@@ -212,11 +212,12 @@ __device__ __forceinline__ void load_b(const GemmArgs& a, int64_t row, int64_t k
 }
 
 // The activation-side accumulator factor of expert e.
-__device__ __forceinline__ float act_alpha(const GemmArgs& a, int e) {
-  if (a.a_alpha_kind == 1) return cc::div_rn(1.0f, nvfp4_gs(a.a_sc, e));
-  if (a.a_alpha_kind == 2) return fp8_scale(a.a_sc);
+__device__ __forceinline__ float act_alpha(int kind, const ActScale& sc, int e) {
+  if (kind == 1) return cc::div_rn(1.0f, nvfp4_gs(sc, e));
+  if (kind == 2) return fp8_scale(sc);
   return 1.0f;
 }
+__device__ __forceinline__ float act_alpha(const GemmArgs& a, int e) { return act_alpha(a.a_alpha_kind, a.a_sc, e); }
 
 constexpr int kWarps = 8;
 

@@ -2,100 +2,20 @@
 // tokens (one tile of at most 8 tokens), where the layer is a stream of packed weights.
 //
 // Same tile list, arguments and numerics as the tiled kernel (sm80_moe_gemm.cuh), organized for
-// bandwidth instead of reuse:
+// bandwidth instead of reuse (the per-warp pieces are in sm90_fp4_gemv.cuh):
 //  - CTA = 4 warps; each warp owns one m-tile of 16 weight rows (KSPLIT = 1) or the warps split the K
 //    chunks of one or two m-tiles (KSPLIT = 4 / 2, partial sums added in a fixed order through shared
 //    memory: deterministic); grid = (tiles, m-tile groups), so all SMs stream weights even at T = 1.
-//  - Weights: each thread reads 16 bytes of packed codes (32 FP4 elements) per row per 128-chunk with
-//    ld.global.nc.L1::no_allocate, a ring of kDepth (4 or 8) chunks in flight in registers (issued before the
-//    activations are staged); the block scales likewise.
-//  - Decode: per scale byte a 16-byte lookup table in shared memory (built once per CTA: the bf16
-//    values of the 8 E2M1 magnitudes times the scale multiplier, split into high-byte and low-byte
-//    tables); 8 codes -> 4 bf16 pairs is 4 table prmt + 2 sign prmt + 4 combining prmt. The table holds
-//    exactly the values the tiled kernel computes (bf16(|q| * m) with the CPU's float32 product; the sign
-//    is the bf16 sign bit), so both kernels feed the tensor cores identical operands.
-//  - Activations (the quantized GEMM input, bf16) of the tile's tokens are staged once per CTA in
-//    shared memory in the thread-fragment order (conflict-free 16-byte reads); products on bf16
-//    mma.sync m16n8k16 with the same K permutation as the tiled kernel (see there), float32
-//    accumulation (fp32 FMA would cost more issue slots than the decode at 4-8 tokens).
+//  - The weight stream is issued before the scale tables are built and the tile's activations staged.
 //  - Epilogue from the accumulators: alpha, bias, vllm bf16 rounding, and for GEMM1 the gated
 //    activation (the m-tile's rows g / g+8 are the gate / up rows of one output column), amax atomics.
-#include "moe/cuda/sm80_moe_gemm.cuh"
+#include "moe/cuda/sm90_fp4_gemv.cuh"
 
 namespace mxmoe::moe::cuda {
 namespace gemv {
 namespace {
 
-using gemm::mma_bf16;
-using gemm::pack_bf16x2;
-using gemm::WT;
-
-constexpr int kWarps = 4, kThreads = 32 * kWarps, kTok = 8;
-constexpr int kLutBytes = 256 * 16;
-
-// One thread's raw data of one row and chunk: 16 bytes of codes (32 elements) and its scale bytes.
-struct Raw {
-  uint4 c;
-  uint32_t s;
-};
-
-__device__ __forceinline__ uint4 ldg_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-template <WKind W>
-__device__ __forceinline__ void load_raw(const uint8_t* codes, const uint8_t* scales, int64_t k0, bool valid, Raw& r) {
-  if (!valid) {
-    r.c = make_uint4(0, 0, 0, 0), r.s = 0;
-    return;
-  }
-  r.c = ldg_stream(codes + k0 / 2);
-  if constexpr (W == WKind::NVFP4) r.s = __ldg(reinterpret_cast<const uint16_t*>(scales + k0 / 16));
-  else r.s = __ldg(scales + k0 / 32);
-}
-
-// The 16-byte table of one scale multiplier m: bf16(v * m) for v = 0, .5, 1, 1.5, 2, 3, 4, 6; words
-// {high bytes 0-3, high bytes 4-7, low bytes 0-3, low bytes 4-7}.
-__device__ __forceinline__ uint4 make_lut(float m) {
-  const uint32_t p01 = pack_bf16x2(cc::mul_rn(0.0f, m), cc::mul_rn(0.5f, m));
-  const uint32_t p23 = pack_bf16x2(cc::mul_rn(1.0f, m), cc::mul_rn(1.5f, m));
-  const uint32_t p45 = pack_bf16x2(cc::mul_rn(2.0f, m), cc::mul_rn(3.0f, m));
-  const uint32_t p67 = pack_bf16x2(cc::mul_rn(4.0f, m), cc::mul_rn(6.0f, m));
-  return make_uint4(__byte_perm(p01, p23, 0x7531), __byte_perm(p45, p67, 0x7531), __byte_perm(p01, p23, 0x6420),
-                    __byte_perm(p45, p67, 0x6420));
-}
-
-// 8 E2M1 codes (nibble i = code i) -> 4 bf16 pairs (codes 2i, 2i+1) of the scaled values.
-__device__ __forceinline__ void decode8(uint32_t w, const uint4& L, uint32_t* out) {
-  const uint32_t m = w & 0x77777777u, w4 = w << 4;
-  uint32_t hb0 = __byte_perm(L.x, L.y, m & 0xffffu), lb0 = __byte_perm(L.z, L.w, m & 0xffffu);
-  uint32_t hb1 = __byte_perm(L.x, L.y, m >> 16), lb1 = __byte_perm(L.z, L.w, m >> 16);
-  hb0 |= __byte_perm(w, w4, 0x1504) & 0x80808080u;  // sign of code i -> bit 7 of high byte i
-  hb1 |= __byte_perm(w, w4, 0x3726) & 0x80808080u;
-  out[0] = __byte_perm(lb0, hb0, 0x5140), out[1] = __byte_perm(lb0, hb0, 0x7362);
-  out[2] = __byte_perm(lb1, hb1, 0x5140), out[3] = __byte_perm(lb1, hb1, 0x7362);
-}
-
-template <WKind W>
-__device__ __forceinline__ void decode_raw(const Raw& r, const uint4* lut, uint32_t out[16]) {
-  const uint4 L0 = lut[r.s & 0xffu];
-  const uint4 L1 = W == WKind::NVFP4 ? lut[(r.s >> 8) & 0xffu] : L0;
-  decode8(r.c.x, L0, out), decode8(r.c.y, L0, out + 4);
-  decode8(r.c.z, L1, out + 8), decode8(r.c.w, L1, out + 12);
-}
-
-// Row of local row r (0..15) of m-tile mt: plain, gated halves (gate rows [0, I), up rows [I, 2I)) or
-// gpt-oss interleaved (gate 2u, up 2u + 1). Gated m-tiles: rows g / g + 8 are the gate / up rows of
-// output column 8 * mt + g.
-__device__ __forceinline__ int tile_row(int mode, int mt, int r, int I) {
-  if (mode == 0) return 16 * mt + r;
-  const int u = 8 * mt + (r & 7);
-  return mode == 1 ? (r < 8 ? u : I + u) : 2 * u + (r >> 3);
-}
+constexpr int kWarps = 4, kThreads = 32 * kWarps;
 
 template <WKind W, bool GATED, int kDepth>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, int ksplit, int rs_bytes) {
@@ -109,124 +29,30 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, int ks
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int mpc = kWarps / ksplit;  // m-tiles per CTA
   const int mt = blockIdx.y * mpc + warp % mpc, kg = warp / mpc;
-  const int M16 = a.N / 16;
-  const bool mt_ok = mt < M16;
-  const int mode = GATED ? (a.act == 3 ? 2 : 1) : 0;
-  const int I = a.N / 2;
-  const int nch = (a.K + 127) / 128;
+  const bool mt_ok = mt < a.N / 16;
+  const int mode = row_mode(a, GATED);
 
-  // Weight stream: issue the first kDepth chunks before anything else.
-  const int64_t nbk = a.K / WT<W>::block;
-  const uint8_t* rc[2];
-  const uint8_t* rsc[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t row = int64_t(e) * a.N + (mt_ok ? tile_row(mode, mt, g + 8 * h, I) : 0);
-    rc[h] = a.codes + row * a.row_bytes;
-    rsc[h] = a.scales + row * nbk;
-  }
-  Raw buf[kDepth][2];
-#pragma unroll
-  for (int d = 0; d < kDepth; ++d) {
-    const int c = kg + d * ksplit;
-    const int64_t k0 = int64_t(c) * 128 + 32 * t;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], k0, mt_ok && c < nch && k0 < a.K, buf[d][h]);
-  }
-
-  // Scale tables (256 scale bytes of this expert) and the tile's activations in fragment order:
-  // element k of token j at j * rs_bytes + (k / 128) * 256 + ((k % 32) / 8) * 64 + ((k % 128) / 32) * 16.
-  const float vllm_gs = (W == WKind::NVFP4 && a.vllm) ? a.w_gs[e] : 0.0f;
-  for (int b = threadIdx.x; b < 256; b += kThreads) lut[b] = make_lut(gemm::scale_mult<W>(uint32_t(b), vllm_gs));
+  WeightStream<W, kDepth> ws;
+  ws.start(a, e, mode, mt, mt_ok, kg, ksplit);
+  build_luts<W>(lut, a, e);
   const int units = a.K / 8;
   for (int i = threadIdx.x; i < n * units; i += kThreads) {
     const int j = i / units, k = (i - j * units) * 8;
     const int64_t row = a.b_row ? a.b_row[p0 + j] : p0 + j;
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(a.b16 + row * a.ldb + k));
-    *reinterpret_cast<uint4*>(act + j * rs_bytes + (k >> 7) * 256 + ((k >> 3) & 3) * 64 + ((k >> 5) & 3) * 16) = v;
+    *reinterpret_cast<uint4*>(act + frag_offset(j, k, rs_bytes)) =
+        __ldg(reinterpret_cast<const uint4*>(a.b16 + row * a.ldb + k));
   }
   __syncthreads();
 
-  const uint8_t* brow = act + (g < n ? g : 0) * rs_bytes + t * 16;  // rows >= n: any valid data (discarded)
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int c0 = kg; c0 < nch; c0 += kDepth * ksplit) {
-#pragma unroll
-    for (int d = 0; d < kDepth; ++d) {
-      const int c = c0 + d * ksplit;
-      if (c < nch) {
-        const bool kv = int64_t(c) * 128 + 32 * t < a.K;
-        uint32_t aw[2][16];
-        decode_raw<W>(buf[d][0], lut, aw[0]);
-        decode_raw<W>(buf[d][1], lut, aw[1]);
-        const int cn = c + kDepth * ksplit;
-        const int64_t kn = int64_t(cn) * 128 + 32 * t;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], kn, mt_ok && cn < nch && kn < a.K, buf[d][h]);
-        // mma.sync is warp-wide: lanes past K (last chunk when K % 128 != 0) multiply zeros.
-        uint32_t bw[16];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const uint4 v = kv ? *reinterpret_cast<const uint4*>(brow + c * 256 + q * 64) : make_uint4(0, 0, 0, 0);
-          bw[4 * q] = v.x, bw[4 * q + 1] = v.y, bw[4 * q + 2] = v.z, bw[4 * q + 3] = v.w;
-        }
-#pragma unroll
-        for (int s = 0; s < 8; ++s)
-          mma_bf16(acc, aw[0][2 * s], aw[1][2 * s], aw[0][2 * s + 1], aw[1][2 * s + 1], bw[2 * s], bw[2 * s + 1]);
-      }
-    }
-  }
-
-  if (ksplit > 1) {  // add the K groups' partial sums in group order
-    float4* red = reinterpret_cast<float4*>(act);
+  ws.run(lut, act + (g < n ? g : 0) * rs_bytes + t * 16, acc);  // rows >= n: any valid data (discarded)
+  if (ksplit > 1) {
     __syncthreads();  // everyone is done reading the activations
-    red[warp * 32 + lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-    __syncthreads();
-    if (kg != 0) return;
-#pragma unroll 1
-    for (int q = 1; q < ksplit; ++q) {
-      const float4 v = red[(q * mpc + warp) * 32 + lane];
-      acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
-    }
+    if (!reduce_ksplit(reinterpret_cast<float4*>(act), ksplit, mpc, acc)) return;
   }
   if (!mt_ok) return;
-
   const float alpha = cc::mul_rn(gemm::act_alpha(a, e), a.w_alpha[e]);
-  const float* bias = a.bias ? a.bias + int64_t(e) * a.N : nullptr;
-  auto finish = [&](float v, int row) {
-    v = cc::mul_rn(v, alpha);
-    if (bias) v = cc::add_rn(v, bias[row]);
-    return a.vllm ? round_bf16(v) : v;
-  };
-  const int r0 = tile_row(mode, mt, g, I), r1 = tile_row(mode, mt, g + 8, I);
-  if constexpr (GATED) {
-    float amax = 0.0f;
-    const int col = 8 * mt + g;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int tok = 2 * t + j;
-      if (tok >= n) continue;
-      float v = gated_act(a.act, finish(acc[j], r0), finish(acc[2 + j], r1), a.act_alpha, a.act_limit);
-      if (a.vllm) v = round_bf16(v);
-      a.y[int64_t(p0 + tok) * a.ldy + col] = v;
-      amax = fmaxf(amax, fabsf(v));
-    }
-    if (a.amax_out || a.amax_out_e) {
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-      if (lane == 0) {
-        if (a.amax_out) atomic_max_pos(a.amax_out, amax);
-        if (a.amax_out_e) atomic_max_pos(a.amax_out_e + e, amax);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int tok = 2 * t + j;
-      if (tok >= n) continue;
-      a.y[int64_t(p0 + tok) * a.ldy + r0] = finish(acc[j], r0);
-      a.y[int64_t(p0 + tok) * a.ldy + r1] = finish(acc[2 + j], r1);
-    }
-  }
+  store_mtile<GATED>(a, e, alpha, mode, mt, acc, n, p0);
 }
 
 template <WKind W>
@@ -253,7 +79,7 @@ cudaError_t launch(const GemmArgs& a, int ksplit, int depth, cudaStream_t s) {
 }  // namespace
 }  // namespace gemv
 
-int gemv_row_stride(int64_t K) { return int(((K + 127) / 128) * 256 + 64); }
+int gemv_row_stride(int64_t K) { return gemv::row_stride(K); }
 int gemv_smem_bytes(int64_t K) { return gemv::kLutBytes + gemv::kTok * gemv_row_stride(K); }
 
 cudaError_t grouped_gemv(const GemmArgs& a, int ksplit, int depth, cudaStream_t s) {

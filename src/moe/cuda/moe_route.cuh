@@ -1,0 +1,124 @@
+// Device pieces of the router shared by the route kernels (moe_route.cu) and the fused small-T layer
+// kernel: the logits of one expert for 4 tokens, and the top-k selection of one token.
+#pragma once
+#include <cfloat>
+
+#include "moe/cuda/moe_device.cuh"
+
+namespace mxmoe::moe::cuda {
+
+// Logit dot products of gate row `grow` with tokens t0 .. t0 + 3 (< a.T), and the tokens' |x| maxima,
+// reduced over the warp (every lane holds the results). Each (token, expert) sum runs in the same order
+// whatever the caller's geometry (per lane over h, then the xor butterfly): the same bits everywhere.
+__device__ __forceinline__ void logits4(const RouteArgs& a, const float* grow, int64_t t0, int lane, float acc[4],
+                                        float am[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc[i] = 0.0f, am[i] = 0.0f;
+#pragma unroll 4
+  for (int64_t h = int64_t(lane) * 8; h < a.H; h += 256) {
+    const float4 g0 = __ldg(reinterpret_cast<const float4*>(grow + h));
+    const float4 g1 = __ldg(reinterpret_cast<const float4*>(grow + h + 4));
+    const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t t = t0 + i;
+      if (t >= a.T) break;
+      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(a.x + t * a.H + h));
+      const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float lo = cc::bitsf(xw[j] << 16), hi = cc::bitsf(xw[j] & 0xffff0000u);
+        acc[i] = fmaf(lo, gv[2 * j], acc[i]);
+        acc[i] = fmaf(hi, gv[2 * j + 1], acc[i]);
+        am[i] = fmaxf(am[i], fmaxf(fabsf(lo), fabsf(hi)));
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+      am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], o));
+    }
+  }
+}
+
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
+  return a > b || (a == b && ia < ib);
+}
+
+// Top-k of one token's logits x[E] by one warp: scores, k rounds of a warp arg-max (higher score, then
+// lower index), weights; lane j < k gets slot j's expert and weight. NPL candidates per lane
+// (E <= 32 * NPL). The lanes' slots past E hold -inf / 0, so a smaller NPL gives the same bits as 16
+// (the softmax sum only drops additions of +0).
+template <int NPL>
+__device__ __forceinline__ void topk_select(const RouteArgs& a, const float* x, int lane, int& id, float& weight) {
+  float v[NPL], sc[NPL];
+  float m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) {
+    const int e = lane + 32 * i;
+    v[i] = e < a.E ? x[e] : -INFINITY;
+    m = fmaxf(m, v[i]);
+  }
+  const bool softmax_first = a.kind == 0;
+  if (softmax_first) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) {
+      sc[i] = lane + 32 * i < a.E ? expf(v[i] - m) : 0.0f;
+      sum += sc[i];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) sc[i] = cc::div_rn(sc[i], sum);
+  } else {
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) sc[i] = v[i];
+  }
+  uint32_t removed = 0;
+  int my_id = 0;
+  float my_score = 0.0f;
+  for (int j = 0; j < a.k; ++j) {
+    float best = 0.0f;
+    int bidx = INT_MAX;
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) {
+      const int e = lane + 32 * i;
+      if (e < a.E && !((removed >> i) & 1u) && (bidx == INT_MAX || ranks_before(sc[i], e, best, bidx)))
+        best = sc[i], bidx = e;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bidx, o);
+      if (oi != INT_MAX && (bidx == INT_MAX || ranks_before(ob, oi, best, bidx))) best = ob, bidx = oi;
+    }
+    if (bidx == INT_MAX) bidx = 0;  // unreachable for k <= E; keeps indices in bounds
+    if ((bidx & 31) == lane) removed |= 1u << (bidx >> 5);
+    if (lane == j) my_id = bidx, my_score = best;
+  }
+  // Weights, in slot order (lane j holds slot j).
+  float w = my_score;
+  if (softmax_first) {
+    if (a.renormalize) {
+      float s = 0.0f;
+      for (int j = 0; j < a.k; ++j) s = cc::add_rn(s, __shfl_sync(0xffffffffu, my_score, j));
+      w = cc::div_rn(my_score, s);
+    }
+    w = cc::mul_rn(w, a.scaling);
+  } else {
+    const float m0 = __shfl_sync(0xffffffffu, my_score, 0);
+    const float ex = expf(my_score - m0);
+    float s = 0.0f;
+    for (int j = 0; j < a.k; ++j) s = cc::add_rn(s, __shfl_sync(0xffffffffu, ex, j));
+    w = cc::mul_rn(cc::div_rn(ex, s), a.scaling);
+  }
+  id = my_id, weight = w;
+}
+
+}  // namespace mxmoe::moe::cuda

@@ -1,0 +1,228 @@
+// Device pieces of the decode-shaped FP4 expert GEMM, shared by the grouped GEMV kernel
+// (sm90_fp4_moe_gemv.cu) and the fused small-T layer kernel (sm90_fp4_moe_fused.cu): one warp computes
+// one m-tile (16 weight rows) against at most 8 staged tokens.
+//  - Weights: each thread reads 16 bytes of packed codes (32 FP4 elements) per row per 128-chunk with
+//    ld.global.nc.L1::no_allocate, a ring of kDepth chunks in flight in registers; the block scales likewise.
+//  - Decode: per scale byte a 16-byte lookup table in shared memory (the bf16 values of the 8 E2M1
+//    magnitudes times the scale multiplier, split into high-byte and low-byte tables); 8 codes -> 4 bf16
+//    pairs is 4 table prmt + 2 sign prmt + 4 combining prmt. The table holds exactly the values the tiled
+//    kernel computes (bf16(|q| * m) with the CPU's float32 product; the sign is the bf16 sign bit), so the
+//    kernels feed the tensor cores identical operands.
+//  - Activations (bf16) in shared memory in the thread-fragment order (conflict-free 16-byte reads), see
+//    frag_offset; products on bf16 mma.sync m16n8k16 with the tiled kernel's K permutation.
+#pragma once
+#include "moe/cuda/sm80_moe_gemm.cuh"
+
+namespace mxmoe::moe::cuda::gemv {
+
+using gemm::mma_bf16;
+using gemm::pack_bf16x2;
+using gemm::WT;
+
+constexpr int kTok = 8;  // tokens per m-tile product (the mma's N)
+constexpr int kLutBytes = 256 * 16;
+
+// Row stride (bytes) of one staged token of K elements: 256 bytes per 128-chunk plus 64 bytes of pad.
+__host__ __device__ constexpr int row_stride(int64_t K) { return int(((K + 127) / 128) * 256 + 64); }
+
+// Byte offset of element k (a multiple of 8: one 16-byte unit) of staged token j.
+__device__ __forceinline__ int frag_offset(int j, int k, int rs_bytes) {
+  return j * rs_bytes + (k >> 7) * 256 + ((k >> 3) & 3) * 64 + ((k >> 5) & 3) * 16;
+}
+
+// One thread's raw data of one row and chunk: 16 bytes of codes (32 elements) and its scale bytes.
+struct Raw {
+  uint4 c;
+  uint32_t s;
+};
+
+__device__ __forceinline__ uint4 ldg_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <WKind W>
+__device__ __forceinline__ void load_raw(const uint8_t* codes, const uint8_t* scales, int64_t k0, bool valid, Raw& r) {
+  if (!valid) {
+    r.c = make_uint4(0, 0, 0, 0), r.s = 0;
+    return;
+  }
+  r.c = ldg_stream(codes + k0 / 2);
+  if constexpr (W == WKind::NVFP4) r.s = __ldg(reinterpret_cast<const uint16_t*>(scales + k0 / 16));
+  else r.s = __ldg(scales + k0 / 32);
+}
+
+// The 16-byte table of one scale multiplier m: bf16(v * m) for v = 0, .5, 1, 1.5, 2, 3, 4, 6; words
+// {high bytes 0-3, high bytes 4-7, low bytes 0-3, low bytes 4-7}.
+__device__ __forceinline__ uint4 make_lut(float m) {
+  const uint32_t p01 = pack_bf16x2(cc::mul_rn(0.0f, m), cc::mul_rn(0.5f, m));
+  const uint32_t p23 = pack_bf16x2(cc::mul_rn(1.0f, m), cc::mul_rn(1.5f, m));
+  const uint32_t p45 = pack_bf16x2(cc::mul_rn(2.0f, m), cc::mul_rn(3.0f, m));
+  const uint32_t p67 = pack_bf16x2(cc::mul_rn(4.0f, m), cc::mul_rn(6.0f, m));
+  return make_uint4(__byte_perm(p01, p23, 0x7531), __byte_perm(p45, p67, 0x7531), __byte_perm(p01, p23, 0x6420),
+                    __byte_perm(p45, p67, 0x6420));
+}
+
+// The 256 tables of expert e (threads of the CTA share the work; the caller synchronizes).
+template <WKind W>
+__device__ __forceinline__ void build_luts(uint4* lut, const GemmArgs& a, int e) {
+  const float vllm_gs = (W == WKind::NVFP4 && a.vllm) ? a.w_gs[e] : 0.0f;
+  for (int b = threadIdx.x; b < 256; b += blockDim.x) lut[b] = make_lut(gemm::scale_mult<W>(uint32_t(b), vllm_gs));
+}
+
+// 8 E2M1 codes (nibble i = code i) -> 4 bf16 pairs (codes 2i, 2i+1) of the scaled values.
+__device__ __forceinline__ void decode8(uint32_t w, const uint4& L, uint32_t* out) {
+  const uint32_t m = w & 0x77777777u, w4 = w << 4;
+  uint32_t hb0 = __byte_perm(L.x, L.y, m & 0xffffu), lb0 = __byte_perm(L.z, L.w, m & 0xffffu);
+  uint32_t hb1 = __byte_perm(L.x, L.y, m >> 16), lb1 = __byte_perm(L.z, L.w, m >> 16);
+  hb0 |= __byte_perm(w, w4, 0x1504) & 0x80808080u;  // sign of code i -> bit 7 of high byte i
+  hb1 |= __byte_perm(w, w4, 0x3726) & 0x80808080u;
+  out[0] = __byte_perm(lb0, hb0, 0x5140), out[1] = __byte_perm(lb0, hb0, 0x7362);
+  out[2] = __byte_perm(lb1, hb1, 0x5140), out[3] = __byte_perm(lb1, hb1, 0x7362);
+}
+
+template <WKind W>
+__device__ __forceinline__ void decode_raw(const Raw& r, const uint4* lut, uint32_t out[16]) {
+  const uint4 L0 = lut[r.s & 0xffu];
+  const uint4 L1 = W == WKind::NVFP4 ? lut[(r.s >> 8) & 0xffu] : L0;
+  decode8(r.c.x, L0, out), decode8(r.c.y, L0, out + 4);
+  decode8(r.c.z, L1, out + 8), decode8(r.c.w, L1, out + 12);
+}
+
+// Row of local row r (0..15) of m-tile mt: plain, gated halves (gate rows [0, I), up rows [I, 2I)) or
+// gpt-oss interleaved (gate 2u, up 2u + 1). Gated m-tiles: rows g / g + 8 are the gate / up rows of
+// output column 8 * mt + g.
+__device__ __forceinline__ int tile_row(int mode, int mt, int r, int I) {
+  if (mode == 0) return 16 * mt + r;
+  const int u = 8 * mt + (r & 7);
+  return mode == 1 ? (r < 8 ? u : I + u) : 2 * u + (r >> 3);
+}
+
+// 0 plain, 1 gated halves, 2 gpt-oss interleaved (see tile_row).
+__device__ __forceinline__ int row_mode(const GemmArgs& a, bool gated) { return gated ? (a.act == 3 ? 2 : 1) : 0; }
+
+// One warp's weight stream over the K chunks kg, kg + ksplit, ... of m-tile mt of expert e. start()
+// issues the first kDepth chunks (call it before staging, so the loads overlap it); run() multiplies.
+template <WKind W, int kDepth>
+struct WeightStream {
+  const uint8_t* rc[2];
+  const uint8_t* rsc[2];
+  Raw buf[kDepth][2];
+  int kg, ksplit, nch, K;
+  bool ok;
+
+  __device__ __forceinline__ void start(const GemmArgs& a, int e, int mode, int mt, bool mt_ok, int kg_, int ksplit_) {
+    kg = kg_, ksplit = ksplit_, K = a.K, nch = (a.K + 127) / 128, ok = mt_ok;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int64_t nbk = a.K / WT<W>::block;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = int64_t(e) * a.N + (mt_ok ? tile_row(mode, mt, g + 8 * h, a.N / 2) : 0);
+      rc[h] = a.codes + row * a.row_bytes;
+      rsc[h] = a.scales + row * nbk;
+    }
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) {
+      const int c = kg + d * ksplit;
+      const int64_t k0 = int64_t(c) * 128 + 32 * t;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], k0, ok && c < nch && k0 < K, buf[d][h]);
+    }
+  }
+
+  // brow: this lane's token row in the staged activations (frag order) + 16 * (lane % 4).
+  __device__ __forceinline__ void run(const uint4* lut, const uint8_t* brow, float acc[4]) {
+    const int t = threadIdx.x & 3;
+    for (int c0 = kg; c0 < nch; c0 += kDepth * ksplit) {
+#pragma unroll
+      for (int d = 0; d < kDepth; ++d) {
+        const int c = c0 + d * ksplit;
+        if (c < nch) {
+          const bool kv = int64_t(c) * 128 + 32 * t < K;
+          uint32_t aw[2][16];
+          decode_raw<W>(buf[d][0], lut, aw[0]);
+          decode_raw<W>(buf[d][1], lut, aw[1]);
+          const int cn = c + kDepth * ksplit;
+          const int64_t kn = int64_t(cn) * 128 + 32 * t;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], kn, ok && cn < nch && kn < K, buf[d][h]);
+          // mma.sync is warp-wide: lanes past K (last chunk when K % 128 != 0) multiply zeros.
+          uint32_t bw[16];
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const uint4 v = kv ? *reinterpret_cast<const uint4*>(brow + c * 256 + q * 64) : make_uint4(0, 0, 0, 0);
+            bw[4 * q] = v.x, bw[4 * q + 1] = v.y, bw[4 * q + 2] = v.z, bw[4 * q + 3] = v.w;
+          }
+#pragma unroll
+          for (int s = 0; s < 8; ++s)
+            mma_bf16(acc, aw[0][2 * s], aw[1][2 * s], aw[0][2 * s + 1], aw[1][2 * s + 1], bw[2 * s], bw[2 * s + 1]);
+        }
+      }
+    }
+  }
+};
+
+// Adds the K groups' partial sums through shared memory `red` (kWarps * 32 float4) in group order
+// (deterministic). Warps w and w + mpc * q share an m-tile. Returns false for the warps that are done.
+// Every thread of the CTA must call it (it synchronizes).
+__device__ __forceinline__ bool reduce_ksplit(float4* red, int ksplit, int mpc, float acc[4]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, kg = warp / mpc;
+  red[warp * 32 + lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  __syncthreads();
+  if (kg != 0) return false;
+#pragma unroll 1
+  for (int q = 1; q < ksplit; ++q) {
+    const float4 v = red[(q * mpc + warp) * 32 + lane];
+    acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
+  }
+  return true;
+}
+
+// Epilogue of one m-tile of expert e for its n tokens (rows p0 .. p0 + n - 1 of y): alpha, bias, vllm
+// bf16 rounding, and for GEMM1 (GATED) the gated activation and the amax atomics.
+template <bool GATED>
+__device__ __forceinline__ void store_mtile(const GemmArgs& a, int e, float alpha, int mode, int mt, const float acc[4],
+                                            int n, int64_t p0) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, I = a.N / 2;
+  const float* bias = a.bias ? a.bias + int64_t(e) * a.N : nullptr;
+  auto finish = [&](float v, int row) {
+    v = cc::mul_rn(v, alpha);
+    if (bias) v = cc::add_rn(v, bias[row]);
+    return a.vllm ? round_bf16(v) : v;
+  };
+  const int r0 = tile_row(mode, mt, g, I), r1 = tile_row(mode, mt, g + 8, I);
+  if constexpr (GATED) {
+    float amax = 0.0f;
+    const int col = 8 * mt + g;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int tok = 2 * t + j;
+      if (tok >= n) continue;
+      float v = gated_act(a.act, finish(acc[j], r0), finish(acc[2 + j], r1), a.act_alpha, a.act_limit);
+      if (a.vllm) v = round_bf16(v);
+      a.y[(p0 + tok) * a.ldy + col] = v;
+      amax = fmaxf(amax, fabsf(v));
+    }
+    if (a.amax_out || a.amax_out_e) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      if (lane == 0) {
+        if (a.amax_out) atomic_max_pos(a.amax_out, amax);
+        if (a.amax_out_e) atomic_max_pos(a.amax_out_e + e, amax);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int tok = 2 * t + j;
+      if (tok >= n) continue;
+      a.y[(p0 + tok) * a.ldy + r0] = finish(acc[j], r0);
+      a.y[(p0 + tok) * a.ldy + r1] = finish(acc[2 + j], r1);
+    }
+  }
+}
+
+}  // namespace mxmoe::moe::cuda::gemv

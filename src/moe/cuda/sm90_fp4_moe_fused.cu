@@ -1,0 +1,312 @@
+// The MoE layer for a few tokens (decode) in one cooperative kernel. At T = 1 the multi-kernel forward
+// is a chain of ~9 small latency-bound launches (route, permute, quantize, GEMM, quantize, GEMM,
+// finalize) around ~5 us of weight streaming; here the stages are separated by grid-wide barriers
+// instead, and each CTA recomputes the tiny shared decisions (top-k, grouping, activation
+// quantization) in its own shared memory instead of waiting for another launch:
+//   A  logits (one warp per expert and 4 tokens) and the tokens' |x| max to global memory; CTA 0 zeroes
+//      GEMM1's amax outputs
+//   -- grid barrier --
+//   B  every CTA: top-k of every token and the grouping by expert (same order as route/permute:
+//      experts ascending, tokens ascending); then GEMM1 items {active expert, group of m-tiles}: the
+//      expert's token rows quantized into shared memory, the FP4 weight stream (sm90_fp4_gemv.cuh),
+//      the gated activation written to a2 [P, I] with the amax atomics of the dynamic scales
+//   -- grid barrier --
+//   C  GEMM2 items likewise, a2 rows quantized with GEMM2's scales, output y [P, H]
+//   -- grid barrier --
+//   D  finalize (weighted sum over the k slots in slot order)
+// All CTAs must be co-resident: the launch is cooperative with at most fused_max_grid CTAs.
+#include <cooperative_groups.h>
+
+#include "moe/cuda/moe_act_quant.cuh"
+#include "moe/cuda/moe_route.cuh"
+#include "moe/cuda/sm90_fp4_gemv.cuh"
+
+namespace mxmoe::moe::cuda {
+namespace fused {
+namespace {
+
+namespace cg = cooperative_groups;
+using namespace gemv;
+
+constexpr int kWarps = 8, kThreads = 32 * kWarps, kMaxSlots = 32, kDepth = kFusedDepth;
+
+// Shared memory: scale tables, K-split partial sums, the routing of all tokens, per-expert amax, staged rows.
+struct Layout {
+  int lut = 0, red = 0, slots = 0, amax_e = 0, act = 0, bytes = 0;
+  __host__ __device__ Layout(int64_t T, int E, int64_t H, int64_t I) {
+    red = kLutBytes;
+    slots = red + kWarps * 32 * 16;
+    amax_e = slots + 7 * kMaxSlots * 4 + 16 * 4;
+    act = amax_e + ((E * 4 + 15) / 16) * 16;
+    const int rs = row_stride(H) > row_stride(I) ? row_stride(H) : row_stride(I);
+    bytes = act + int(T) * rs;
+  }
+};
+
+struct Routing {  // in shared memory; slot s = token * k + j
+  int* slot_e;    // expert of slot s
+  float* slot_w;  // weight of slot s
+  int* slot_p;    // row of slot s in the grouped order
+  int* row_tok;   // token of grouped row p
+  int* act_e;     // active experts, ascending
+  int* act_p0;    // their first grouped row
+  int* act_n;     // their number of rows
+  float* misc;    // [0, 8): |x| max per token, [8]: over all tokens, [9]: number of active experts (int)
+  float* amax_e;  // [E]: |x| max over each active expert's tokens
+};
+
+// Quantizes n rows of K into `act` in the fragment order, with the scales of expert e: source rows
+// row_of[j] (GEMM1: the expert's tokens in x) or first + j (GEMM2: its grouped rows of a2).
+template <AQ Q>
+__device__ void stage_rows_q(const void* src, bool bf16, int64_t ld, const int* row_of, int first, int n, int64_t K, int e,
+                             const ActScale& sc, const FusedArgs& a, uint8_t* act, int rs) {
+  constexpr int B = QTraits<Q>::block;
+  const RowQuant rq = row_quant<Q>(sc, a.g1.vllm, a.scale_rule, a.rounding, e);
+  const int nb = int(K / B);
+  const size_t esz = bf16 ? 2 : 4;
+  for (int i = threadIdx.x; i < n * nb; i += blockDim.x) {
+    const int j = i / nb, b = i - j * nb;
+    float v[B];
+    load_block<B>(static_cast<const uint8_t*>(src) + (int64_t(row_of ? row_of[j] : first + j) * ld + int64_t(b) * B) * esz, bf16, v);
+    uint32_t w[B / 2];
+    quant_block<Q>(v, rq, w);
+#pragma unroll
+    for (int u = 0; u < B / 8; ++u)
+      *reinterpret_cast<uint4*>(act + frag_offset(j, b * B + 8 * u, rs)) =
+          make_uint4(w[4 * u], w[4 * u + 1], w[4 * u + 2], w[4 * u + 3]);
+  }
+}
+
+__device__ void stage_rows(const void* src, bool bf16, int64_t ld, const int* row_of, int first, int n, int64_t K, int e,
+                           const ActScale& sc, const FusedArgs& a, uint8_t* act, int rs) {
+  switch (a.aq) {
+    case AQ::None: return stage_rows_q<AQ::None>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
+    case AQ::NVFP4: return stage_rows_q<AQ::NVFP4>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
+    case AQ::MXFP4: return stage_rows_q<AQ::MXFP4>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
+    case AQ::MXFP6_E2M3: return stage_rows_q<AQ::MXFP6_E2M3>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
+    case AQ::MXFP6_E3M2: return stage_rows_q<AQ::MXFP6_E3M2>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
+    case AQ::FP8: return stage_rows_q<AQ::FP8>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
+  }
+}
+
+// Top-k of every token (warp t), then (warp 0) the grouping of the T * k slots:
+// row of slot s = the number of slots with a smaller (expert, token) key.
+template <int NPL>
+__device__ void route_tokens(const FusedArgs& a, const Routing& R) {
+  const RouteArgs& r = a.r;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, k = r.k;
+  for (int t = warp; t < r.T; t += kWarps) {
+    int id;
+    float w;
+    topk_select<NPL>(r, r.logits + int64_t(t) * r.E, lane, id, w);
+    if (lane < k) {
+      R.slot_e[t * k + lane] = id, R.slot_w[t * k + lane] = w;
+      if (blockIdx.x == 0) r.ids[t * k + lane] = id, r.weights[t * k + lane] = w;
+    }
+    if (lane == 0) R.misc[t] = __ldcg(r.rowamax + t);  // stage A's |x| max of the token
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  const int P = int(r.T) * k;
+  const bool live = lane < P;
+  const int e = live ? R.slot_e[lane] : INT_MAX, tok = lane / k;
+  int pos = 0, same = 0, lower_leaders = 0;
+  bool leader = live;
+  float am = 0.0f;
+  for (int s = 0; s < P; ++s) {
+    const int es = R.slot_e[s], ts = s / k;
+    const bool before = es < e || (es == e && ts < tok);
+    pos += before;
+    if (es == e) {
+      ++same;
+      am = fmaxf(am, R.misc[ts]);
+      if (ts < tok) leader = false;
+    }
+  }
+  const unsigned lead_mask = __ballot_sync(0xffffffffu, leader);
+  for (int s = 0; s < P; ++s) lower_leaders += ((lead_mask >> s) & 1u) && R.slot_e[s] < e;
+  if (live) {
+    R.slot_p[lane] = pos, R.row_tok[pos] = tok;
+    if (leader) R.act_e[lower_leaders] = e, R.act_p0[lower_leaders] = pos, R.act_n[lower_leaders] = same, R.amax_e[e] = am;
+  }
+  float all = lane < r.T ? R.misc[lane] : 0.0f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) all = fmaxf(all, __shfl_xor_sync(0xffffffffu, all, o));
+  if (lane == 0) R.misc[8] = all, reinterpret_cast<int*>(R.misc)[9] = __popc(lead_mask);
+}
+
+// One GEMM stage over the items {active expert, group of 8 / ksplit m-tiles}. GEMM1: src = x (bf16),
+// rows = tokens; GEMM2: src = a2 (float32), rows = grouped rows.
+template <WKind W, bool GATED>
+__device__ void gemm_stage(const FusedArgs& a, const GemmArgs& g, const Routing& R, const ActScale& sc, int alpha_kind,
+                           int ksplit, uint8_t* smem, const Layout& L) {
+  uint4* lut = reinterpret_cast<uint4*>(smem + L.lut);
+  uint8_t* act = smem + L.act;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, t = lane & 3;
+  const int mpc = kWarps / ksplit, M16 = g.N / 16, groups = (M16 + mpc - 1) / mpc;
+  const int n_act = reinterpret_cast<const int*>(R.misc)[9];
+  const int mode = row_mode(g, GATED), rs = row_stride(g.K);
+  const bool lut_per_expert = W == WKind::NVFP4 && g.vllm;
+  int staged = -1;
+  // Blocked: CTA c takes a contiguous run of items (mostly one expert: fewer restagings); else strided.
+  const int total = n_act * groups, per = (total + gridDim.x - 1) / gridDim.x;
+  const int first = a.blocked_items ? blockIdx.x * per : blockIdx.x;
+  const int last = a.blocked_items ? min(total, first + per) : total;
+  const int step = a.blocked_items ? 1 : gridDim.x;
+  for (int item = first; item < last; item += step) {
+    const int ea = item / groups, grp = item - ea * groups;
+    const int e = R.act_e[ea], n = R.act_n[ea], p0 = R.act_p0[ea];
+    const int mt = grp * mpc + warp % mpc, kg = warp / mpc;
+    const bool mt_ok = mt < M16;
+    WeightStream<W, kDepth> ws;
+    ws.start(g, e, mode, mt, mt_ok, kg, ksplit);
+    if (e != staged) {
+      if (staged < 0 || lut_per_expert) build_luts<W>(lut, g, e);
+      if (GATED) stage_rows(a.r.x, true, a.r.H, R.row_tok + p0, 0, n, g.K, e, sc, a, act, rs);
+      else stage_rows(a.g1.y, false, a.g1.ldy, nullptr, p0, n, g.K, e, sc, a, act, rs);
+      staged = e;
+    }
+    __syncthreads();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    ws.run(lut, act + (g8 < n ? g8 : 0) * rs + t * 16, acc);
+    bool lead = true;
+    if (ksplit > 1) lead = reduce_ksplit(reinterpret_cast<float4*>(smem + L.red), ksplit, mpc, acc);
+    if (lead && mt_ok) {
+      const float alpha = cc::mul_rn(gemm::act_alpha(alpha_kind, sc, e), g.w_alpha[e]);
+      store_mtile<GATED>(g, e, alpha, mode, mt, acc, n, p0);
+    }
+    __syncthreads();  // the next item restages the shared rows
+  }
+}
+
+template <WKind W, int NPL>
+__global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  cg::grid_group grid = cg::this_grid();
+  const RouteArgs& r = a.r;
+  const Layout L(r.T, r.E, r.H, a.g1.N / 2);
+  int* si = reinterpret_cast<int*>(smem + L.slots);
+  Routing R{si,
+            reinterpret_cast<float*>(si + kMaxSlots),
+            si + 2 * kMaxSlots,
+            si + 3 * kMaxSlots,
+            si + 4 * kMaxSlots,
+            si + 5 * kMaxSlots,
+            si + 6 * kMaxSlots,
+            reinterpret_cast<float*>(si + 7 * kMaxSlots),
+            reinterpret_cast<float*>(smem + L.amax_e)};
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  unsigned long long* stamp = a.stamps && threadIdx.x == 0 ? a.stamps + blockIdx.x * kFusedStamps : nullptr;
+  auto mark = [&](int i) {
+    if (stamp) stamp[i] = clock64();
+  };
+  mark(0);
+
+  // A: logits; GEMM1's amax outputs start at 0.
+  if (blockIdx.x == 0) {
+    if (a.g1.amax_out && threadIdx.x == 0) *a.g1.amax_out = 0.0f;
+    if (a.g1.amax_out_e)
+      for (int e = threadIdx.x; e < r.E; e += kThreads) a.g1.amax_out_e[e] = 0.0f;
+  }
+  const int tg = int((r.T + 3) / 4);
+  for (int item = blockIdx.x * kWarps + warp; item < r.E * tg; item += gridDim.x * kWarps) {
+    const int e = item % r.E, t0 = 4 * (item / r.E);
+    float acc[4], am[4];
+    logits4(r, r.gate + int64_t(e) * r.H, t0, lane, acc, am);
+    if (lane == 0)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (t0 + i < r.T) {
+          r.logits[(t0 + i) * r.E + e] = acc[i] + (r.gate_bias ? r.gate_bias[e] : 0.0f);
+          if (e == 0) r.rowamax[t0 + i] = am[i];
+        }
+  }
+  mark(1);
+  grid.sync();
+  mark(2);
+
+  // B: routing (every CTA), GEMM1.
+  route_tokens<NPL>(a, R);
+  __syncthreads();
+  mark(3);
+  ActScale sc1 = a.sc1;
+  if (a.sc1_dyn == 1) sc1.amax_all = R.misc + 8;
+  if (a.sc1_dyn == 2) sc1.amax_e = R.amax_e;
+  gemm_stage<W, true>(a, a.g1, R, sc1, a.g1.a_alpha_kind, a.ksplit1, smem, L);
+  mark(4);
+  grid.sync();
+  mark(5);
+
+  // C: GEMM2.
+  gemm_stage<W, false>(a, a.g2, R, a.g2.a_sc, a.g2.a_alpha_kind, a.ksplit2, smem, L);
+  mark(6);
+  grid.sync();
+  mark(7);
+
+  // D: finalize.
+  FinalizeArgs f;
+  f.y = a.g2.y, f.slot_to_perm = R.slot_p, f.weights = R.slot_w, f.T = r.T, f.H = r.H, f.k = r.k, f.vllm = a.g1.vllm;
+  f.out = a.out;
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < r.T * (r.H / 4); i += int64_t(gridDim.x) * kThreads)
+    finalize_vec4(f, i);
+  mark(8);
+}
+
+// Calls f(kernel) with the instantiation for these weights and experts, its dynamic shared-memory limit
+// raised to at least smem_bytes (only ever raised: layers of several shapes share the kernels).
+template <class F>
+cudaError_t with_kernel(WKind wk, int E, int smem_bytes, F&& f) {
+  auto go = [&](auto kern, int& raised) {
+    if (smem_bytes > raised) {
+      const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+      if (e != cudaSuccess) return e;
+      raised = smem_bytes;
+    }
+    return f(kern);
+  };
+  static int raised[4] = {0, 0, 0, 0};
+  const bool small = E <= 128;
+  if (wk == WKind::NVFP4) return small ? go(fused_kernel<WKind::NVFP4, 4>, raised[0]) : go(fused_kernel<WKind::NVFP4, 16>, raised[1]);
+  if (wk == WKind::MXFP4) return small ? go(fused_kernel<WKind::MXFP4, 4>, raised[2]) : go(fused_kernel<WKind::MXFP4, 16>, raised[3]);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+}  // namespace fused
+
+int fused_smem_bytes(int64_t T, int E, int64_t H, int64_t I) { return fused::Layout(T, E, H, I).bytes; }
+
+int fused_max_grid(WKind wk, int E, int smem_bytes) {
+  int dev = 0, sms = 0, coop = 0, per_sm = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) ||
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) || !coop)
+    return 0;
+  const cudaError_t err = fused::with_kernel(wk, E, smem_bytes, [&](auto kern) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, fused::kThreads, smem_bytes);
+  });
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // a shape that does not fit: the caller takes the multi-kernel path
+    return 0;
+  }
+  return sms * (per_sm < 2 ? per_sm : 2);
+}
+
+cudaError_t fused_moe(const FusedArgs& a, int grid, cudaStream_t s) {
+  if (a.r.T == 0) return cudaSuccess;
+  if (a.r.T > 8 || a.r.T * a.r.k > fused::kMaxSlots || a.r.E > 512 || grid <= 0) return cudaErrorInvalidValue;
+  const int smem = fused_smem_bytes(a.r.T, a.r.E, a.r.H, a.g1.N / 2);
+  return fused::with_kernel(a.g1.wk, a.r.E, smem, [&](auto kern) {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    cfg.gridDim = dim3(unsigned(grid)), cfg.blockDim = dim3(fused::kThreads), cfg.dynamicSmemBytes = size_t(smem);
+    cfg.stream = s, cfg.attrs = attr, cfg.numAttrs = 1;
+    if (!fused_stage_stamps()) return cudaLaunchKernelEx(&cfg, kern, a);
+    FusedArgs b = a;
+    b.stamps = fused_stage_stamps();
+    return cudaLaunchKernelEx(&cfg, kern, b);
+  });
+}
+
+}  // namespace mxmoe::moe::cuda
