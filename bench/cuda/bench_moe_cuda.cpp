@@ -4,7 +4,7 @@
 // Prints one line per (shape, scheme, mode, T) with the roofline floor (touched packed weights +
 // activations at the measured copy bandwidth, GEMM FLOPs at the bf16 tensor-core rate).
 //   bench_moe_cuda [--shape qwen3-30b-a3b] [--schemes a,b] [--tokens 1,64,4096] [--modes vllm,exact]
-//                  [--paths auto,multi,tiled,gemv] [--tflops N]   (mode column: vllm / exact, or vllm-tiled ... for a
+//                  [--paths auto,multi,tiled,gemv,tile128] [--tflops N]   (mode column: vllm / exact, or vllm-tiled ... for a
 //                  forced path; multi = the multi-kernel forward where auto would run the fused kernel)
 //                  [--stages 1]   (after each fused-kernel line: its per-stage times from clock64 stamps)
 #include <cuda_runtime.h>
@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
     else if (k == "--schemes") schemes = v;
     else if (k == "--tokens") tokens = v;
     else if (k == "--modes") modes = v;
-    else if (k == "--paths") paths = v;  // auto,multi,tiled,gemv (fused kernel / grouped-GEMM kernel choice)
+    else if (k == "--paths") paths = v;  // auto,multi,tiled,gemv,tile128 (fused kernel / grouped-GEMM kernel choice)
     else if (k == "--tflops") tflops = std::stod(v);
     else if (k == "--stages") stages = v == "1";
   }
@@ -163,8 +163,9 @@ int main(int argc, char** argv) {
     for (const auto& mode_name : split(modes)) {
       const Emulation em = parse_emulation(mode_name);
       mxmoe::moe::cuda::gemm_path_override() = pname == "tiled" ? mxmoe::moe::cuda::GemmPath::Tiled
-                                               : pname == "gemv" ? mxmoe::moe::cuda::GemmPath::Gemv
-                                                                 : mxmoe::moe::cuda::GemmPath::Auto;
+                                               : pname == "gemv"    ? mxmoe::moe::cuda::GemmPath::Gemv
+                                               : pname == "tile128" ? mxmoe::moe::cuda::GemmPath::Tile128
+                                                                    : mxmoe::moe::cuda::GemmPath::Auto;
       mxmoe::moe::cuda::fused_enabled() = pname == "auto";  // every forced path runs the multi-kernel forward
       const std::string mname = pname == "auto" ? mode_name : mode_name + "-" + pname;
       for (int64_t T : Ts) {

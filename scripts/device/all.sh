@@ -4,7 +4,7 @@
 # on the MoE tests of the GEMV kernel. Each stage has a timeout so the call ends inside 9 minutes.
 #   run: bash scripts/device/all.sh     (carry: [".devdeps"])
 #   env: GTEST_FILTER, TEST_TIMEOUT, DEPTH8=1 (also bench GEMV depth 8), SAN_TIMEOUT, TOKENS (1,8,64), MOE_SCHEMES (w_nvfp4_a_nvfp4,w_mxfp4_a_mxfp4), PATHS (auto,tiled),
-#        SAN_FILTER ('*Gemv*:*MoeDevice.PoisonDeterminism*')
+#        SAN_FILTER ('*GemmPaths*:*Graphs*:*Fused*:*MoeDevice.PoisonDeterminism*')
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}
@@ -29,7 +29,7 @@ echo "bench done at $(( $(date +%s) - t0 ))s"
 for tool in memcheck racecheck; do
   extra=(); [ $tool = memcheck ] && extra=(--leak-check full)
   MXMOE_TEST_QUICK=1 timeout "${SAN_TIMEOUT:-100}" stdbuf -oL compute-sanitizer --tool $tool "${extra[@]}" --error-exitcode 97 \
-    "$BUILD/mxmoe_cuda_tests" --gtest_filter="${SAN_FILTER:-*Gemv*:*MoeDevice.PoisonDeterminism*}" --gtest_brief=1 \
+    "$BUILD/mxmoe_cuda_tests" --gtest_filter="${SAN_FILTER:-*GemmPaths*:*Graphs*:*Fused*:*MoeDevice.PoisonDeterminism*}" --gtest_brief=1 \
     > "$OUT/$tool-moe.log" 2>&1
   echo "san $tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool-moe.log" | tail -1) $(grep -E '^\[  (PASSED|FAILED)  \]' "$OUT/$tool-moe.log" | tr '\n' ' ') at $(( $(date +%s) - t0 ))s"
 done

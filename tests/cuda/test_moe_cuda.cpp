@@ -252,23 +252,37 @@ TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {
   cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
 }
 
-// Forces a grouped-GEMM path for one scope (the decode-shaped GEMV kernel or the tiled kernel).
+// Forces a grouped-GEMM path of the multi-kernel forward for one scope (the decode-shaped GEMV kernel,
+// the swap-AB tiled kernel or the 128 x 128 kernel); the fused small-T kernel is off unless `fused`.
 struct ForcePath {
   mxmoe::moe::cuda::GemmPath saved;
-  explicit ForcePath(mxmoe::moe::cuda::GemmPath p) : saved(mxmoe::moe::cuda::gemm_path_override()) { mxmoe::moe::cuda::gemm_path_override() = p; }
-  ~ForcePath() { mxmoe::moe::cuda::gemm_path_override() = saved; }
+  bool saved_fused;
+  explicit ForcePath(mxmoe::moe::cuda::GemmPath p, bool fused = false)
+      : saved(mxmoe::moe::cuda::gemm_path_override()), saved_fused(mxmoe::moe::cuda::fused_enabled()) {
+    mxmoe::moe::cuda::gemm_path_override() = p;
+    mxmoe::moe::cuda::fused_enabled() = fused;
+  }
+  ~ForcePath() {
+    mxmoe::moe::cuda::gemm_path_override() = saved;
+    mxmoe::moe::cuda::fused_enabled() = saved_fused;
+  }
 };
 
-// The GEMV kernel (sm90_fp4_moe_gemv.cu) and the tiled kernel on the same inputs, each against the CPU
-// ref, and against each other, at token counts where the heuristic would pick the other one (tiles of
-// 8 tokens over crowded experts; K % 128 != 0 in the wider layer). Both feed the tensor cores the same
-// bf16 operands (the GEMV kernel's scale tables hold the tiled kernel's bf16(|q| * m) values); only the
-// float32 summation order differs (split-K groups, chunk order), so the bound is the same as vs ref
-// (kTol: a float32 rounding difference can flip a re-quantized GEMM2 input by one FP4 step).
-TEST(CudaMoeDevice, GemvAndTiledPathsAgree) {
+// The GEMV kernel (sm90_fp4_moe_gemv.cu), the tiled kernel and the 128 x 128 kernel
+// (sm80_moe_gemm_tile128.cu) on the same inputs, each against the CPU ref, and against the tiled
+// kernel, at token counts where the heuristic would pick another one (tiles of 8 tokens over crowded
+// experts; K % 128 != 0 in the wider layer; 300 tokens over 6 experts fill 128-token tiles). All feed the
+// tensor cores the same bf16 operands (the GEMV kernel's scale tables hold the tiled kernel's
+// bf16(|q| * m) values; tile128 runs the tiled kernel's decode); only the float32 summation order
+// differs (split-K groups, chunk order), so the bound is the same as vs ref (kTol: a float32 rounding
+// difference can flip a re-quantized GEMM2 input by one FP4 step).
+TEST(CudaMoeDevice, GemmPathsAgree) {
   SKIP_WITHOUT_DEVICE();
+  using mxmoe::moe::cuda::GemmPath;
   const SyntheticShape wide{"wide", 352, 160, 32, 4};
-  for (const char* sname : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16", "w_mxfp4_a16", "w_mxfp4_a_fp8"})
+  const char* names[] = {"tiled", "gemv", "tile128"};
+  for (const char* sname : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16", "w_mxfp4_a16", "w_mxfp4_a_fp8",
+                            "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp8_e4m3_a16"})
     for (const SyntheticShape* sh : {&kSmall, &wide}) {
       const MoeLayer l = small_layer(parse_moe_scheme(sname), 13, sh == &kSmall, *sh);
       for (int64_t T : quick() ? std::vector<int64_t>{5} : std::vector<int64_t>{1, 5, 64, 300}) {
@@ -279,17 +293,19 @@ TEST(CudaMoeDevice, GemvAndTiledPathsAgree) {
           MoeOptions o;
           o.emulation = e;
           o.backend = Backend::Cuda;
-          MoeResult r[2];
-          for (int i = 0; i < 2; ++i) {
-            ForcePath f(i == 0 ? mxmoe::moe::cuda::GemmPath::Gemv : mxmoe::moe::cuda::GemmPath::Tiled);
+          MoeResult r[3];
+          for (int i = 0; i < 3; ++i) {
+            ForcePath f(i == 0 ? GemmPath::Tiled : i == 1 ? GemmPath::Gemv : GemmPath::Tile128);
             const Compared c = compare(l, x, e, what);
-            EXPECT_LT(c.err, kTol) << what << (i == 0 ? " gemv" : " tiled") << " vs ref";
+            EXPECT_LT(c.err, kTol) << what << " " << names[i] << " vs ref";
             EXPECT_EQ(c.id_mismatch, 0) << what;
             r[i] = run_moe(l, x, o);
           }
-          const double d = rel_l2(r[0].out.ptr<float>(), r[1].out.ptr<float>(), r[1].out.numel());
-          EXPECT_LT(d, kTol) << what << ": gemv vs tiled";
-          std::printf("[ %-44s ] rel L2 gemv vs tiled %.2e\n", what.c_str(), d);
+          for (int i = 1; i < 3; ++i) {
+            const double d = rel_l2(r[i].out.ptr<float>(), r[0].out.ptr<float>(), r[0].out.numel());
+            EXPECT_LT(d, kTol) << what << ": " << names[i] << " vs tiled";
+            std::printf("[ %-52s ] rel L2 %s vs tiled %.2e\n", what.c_str(), names[i], d);
+          }
         }
       }
     }
@@ -313,7 +329,7 @@ struct ForceFused {
 
 // The fused kernel at every token count it takes, against the CPU ref and against the multi-kernel path
 // (route + quantize + GEMV + finalize) on the same inputs: the same operands and epilogues, only the
-// split-K summation order may differ (same bound as GemvAndTiledPathsAgree). Shapes: few experts with
+// split-K summation order may differ (same bound as GemmPathsAgree). Shapes: few experts with
 // top-2 (T up to 8), 32 experts with top-4 and K % 128 != 0, 128 and 200 experts with top-8 (T up to 4;
 // both top-k widths).
 TEST(CudaMoeDevice, FusedAndMultiKernelPathsAgree) {
@@ -366,14 +382,13 @@ TEST(CudaMoeDevice, FusedAndMultiKernelPathsAgree) {
       }
 }
 
-// The GEMV path and the fused kernel are deterministic (no atomics on outputs; split-K sums in a fixed
+// The GEMV and 128 x 128 paths and the fused kernel are deterministic (no atomics on outputs; split-K sums in a fixed
 // order) and graph-capturable: two forwards and a graph replay agree bit for bit, poisoned outputs
 // are overwritten.
 class CudaMoeDeviceGraphs : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(CudaMoeDeviceGraphs, DeterministicUnderGraphs) {
   SKIP_WITHOUT_DEVICE();
-  ForcePath f(mxmoe::moe::cuda::GemmPath::Gemv);
   ForceFused on(true);
   const MoeLayer l = small_layer(parse_moe_scheme("w_mxfp4_a_mxfp4"), 4, false);
   const int64_t T = GetParam(), H = l.hidden;
@@ -420,8 +435,8 @@ TEST_P(CudaMoeDeviceGraphs, DeterministicUnderGraphs) {
   cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
 }
 
-// T = 3: the fused kernel; T = 19: route + GEMV + finalize.
-INSTANTIATE_TEST_SUITE_P(FusedAndGemv, CudaMoeDeviceGraphs, ::testing::Values(int64_t(3), int64_t(19)));
+// T = 3: the fused kernel; T = 19: route + GEMV + finalize; T = 300: the 128 x 128 kernel.
+INSTANTIATE_TEST_SUITE_P(EveryPath, CudaMoeDeviceGraphs, ::testing::Values(int64_t(3), int64_t(19), int64_t(300)));
 
 TEST(CudaMoeDevice, AutoPicksCudaAndUnsupportedFallsBack) {
   SKIP_WITHOUT_DEVICE();

@@ -363,7 +363,11 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   g1.ldb = m.H;
   act_side(g1, sc1);
   gemm1_epilogue(g1);
-  MXMOE_CUDA_CHECK(plan.gemv1 ? k::grouped_gemv(g1, plan.ksplit1, plan.depth, stream) : k::grouped_gemm(g1, stream));
+  auto gemm = [&](const k::GemmArgs& g, bool gemv, int ksplit) {
+    if (plan.tile128) return k::grouped_gemm_tile128(g, stream);
+    return gemv ? k::grouped_gemv(g, ksplit, plan.depth, stream) : k::grouped_gemm(g, stream);
+  };
+  MXMOE_CUDA_CHECK(gemm(g1, plan.gemv1, plan.ksplit1));
 
   // GEMM2 input
   k::GemmArgs g2;
@@ -382,7 +386,7 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   g2.ldb = m.I;
   act_side(g2, sc2);
   g2.y = m.y.as<float>(), g2.ldy = m.H;
-  MXMOE_CUDA_CHECK(plan.gemv2 ? k::grouped_gemv(g2, plan.ksplit2, plan.depth, stream) : k::grouped_gemm(g2, stream));
+  MXMOE_CUDA_CHECK(gemm(g2, plan.gemv2, plan.ksplit2));
 
   k::FinalizeArgs f;
   f.y = m.y.as<float>(), f.slot_to_perm = m.slot_to_perm.as<int32_t>(), f.weights = topk_w_dev;

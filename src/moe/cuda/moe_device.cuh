@@ -13,6 +13,17 @@ namespace mxmoe::moe::cuda {
 
 namespace cc = ::mxmoe::cuda::codec;
 
+// Raises kernel K's dynamic shared-memory limit to `bytes` when needed (per kernel; only ever up, so
+// layers of several shapes can share the kernels). Host side.
+template <auto K>
+cudaError_t ensure_smem(int bytes) {
+  static int raised = 48 * 1024;
+  if (bytes <= raised) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess) raised = bytes;
+  return e;
+}
+
 __device__ __forceinline__ float round_bf16(float v) { return cc::bf16_to_f32(cc::f32_to_bf16(v)); }
 
 // nvfp4_default_global_scale: 448*6/amax, 1 when amax is 0 or not finite.

@@ -14,7 +14,7 @@
 
 namespace mxmoe::moe::cuda {
 
-enum class GemmPath : uint8_t { Auto, Tiled, Gemv };
+enum class GemmPath : uint8_t { Auto, Tiled, Gemv, Tile128 };
 
 // Forces a path (tests compare both on the same inputs). Starts from the environment variable
 // MXMOE_CUDA_MOE_GEMM=tiled|gemv (anything else: auto). Gemv still falls back to tiled where it cannot
@@ -24,6 +24,7 @@ inline GemmPath& gemm_path_override() {
     const char* v = std::getenv("MXMOE_CUDA_MOE_GEMM");
     if (v && std::strcmp(v, "tiled") == 0) return GemmPath::Tiled;
     if (v && std::strcmp(v, "gemv") == 0) return GemmPath::Gemv;
+    if (v && std::strcmp(v, "tile128") == 0) return GemmPath::Tile128;
     return GemmPath::Auto;
   }();
   return p;
@@ -34,8 +35,13 @@ inline GemmPath& gemm_path_override() {
 constexpr double kGemvMaxAvgRows = 8.0;
 constexpr int kGemvMaxSmem = 160 * 1024;
 
+// From this many rows per expert on average, the 128 x 128 shared-memory kernel (sm80_moe_gemm_tile128.cu);
+// measured on the H200 (bench/RESULTS.md, "v5"): level with the tiled kernel at 16, ahead from 32 on.
+constexpr double kTile128MinAvgRows = 16.0;
+
 struct GemmPlan {
   int nt = 1;           // tiled kernel: n-tiles of 8 tokens per CTA (tiles hold 8 * nt rows)
+  bool tile128 = false;  // both GEMMs on grouped_gemm_tile128 (nt = 16)
   bool gemv1 = false;   // GEMM1 on the GEMV kernel
   bool gemv2 = false;   // GEMM2 on the GEMV kernel
   int ksplit1 = 1, ksplit2 = 1;
@@ -59,6 +65,11 @@ inline GemmPlan plan_gemms(WKind wk, int64_t P, int E, int64_t N1, int64_t K1, i
   const double avg = double(P) / E;
   p.nt = avg <= 8 ? 1 : avg <= 16 ? 2 : 4;
   const GemmPath force = gemm_path_override();
+  // tile128 reads bf16 GEMM inputs only: exact-mode a16 (float32 GEMM2 input) stays on the tiled kernel.
+  if (!gemm2_f32 && (force == GemmPath::Tile128 || (force == GemmPath::Auto && avg >= kTile128MinAvgRows))) {
+    p.nt = 16, p.tile128 = true;
+    return p;
+  }
   bool gemv = gemv_weights(wk) && (force == GemmPath::Gemv || (force == GemmPath::Auto && avg <= kGemvMaxAvgRows));
   if (!gemv) return p;
   p.nt = 1;

@@ -98,9 +98,13 @@ struct GemmArgs {
   const int4* tiles = nullptr;
   const int32_t* num_tiles = nullptr;
   int max_tiles = 0;
-  int nt = 1;  // n-tiles of 8 tokens per CTA (1, 2 or 4); tiles must hold at most 8 * nt rows
+  int nt = 1;  // n-tiles of 8 tokens per CTA (1, 2 or 4; 16 for grouped_gemm_tile128); tiles hold at most 8 * nt rows
 };
 cudaError_t grouped_gemm(const GemmArgs& a, cudaStream_t s);
+
+// The many-tokens grouped GEMM (sm80_moe_gemm_tile128.cu): CTA tile 128 weight rows x 128 tokens from
+// shared memory; tiles of at most 128 tokens (nt = 16), bf16 B rows (b16); the same operands and epilogue.
+cudaError_t grouped_gemm_tile128(const GemmArgs& a, cudaStream_t s);
 
 // The decode-shaped grouped GEMM (sm90_fp4_moe_gemv.cu): FP4 weights (NVFP4, MXFP4), bf16 B rows
 // (b16), tiles of at most 8 tokens (nt = 1); the same results as grouped_gemm's operands and

@@ -253,21 +253,17 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
 }
 
 // Calls f(kernel) with the instantiation for these weights and experts, its dynamic shared-memory limit
-// raised to at least smem_bytes (only ever raised: layers of several shapes share the kernels).
+// raised to at least smem_bytes.
 template <class F>
 cudaError_t with_kernel(WKind wk, int E, int smem_bytes, F&& f) {
-  auto go = [&](auto kern, int& raised) {
-    if (smem_bytes > raised) {
-      const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-      if (e != cudaSuccess) return e;
-      raised = smem_bytes;
-    }
-    return f(kern);
-  };
-  static int raised[4] = {0, 0, 0, 0};
+  auto go = [&](auto kern, cudaError_t raised) { return raised != cudaSuccess ? raised : f(kern); };
   const bool small = E <= 128;
-  if (wk == WKind::NVFP4) return small ? go(fused_kernel<WKind::NVFP4, 4>, raised[0]) : go(fused_kernel<WKind::NVFP4, 16>, raised[1]);
-  if (wk == WKind::MXFP4) return small ? go(fused_kernel<WKind::MXFP4, 4>, raised[2]) : go(fused_kernel<WKind::MXFP4, 16>, raised[3]);
+  if (wk == WKind::NVFP4)
+    return small ? go(fused_kernel<WKind::NVFP4, 4>, ensure_smem<fused_kernel<WKind::NVFP4, 4>>(smem_bytes))
+                 : go(fused_kernel<WKind::NVFP4, 16>, ensure_smem<fused_kernel<WKind::NVFP4, 16>>(smem_bytes));
+  if (wk == WKind::MXFP4)
+    return small ? go(fused_kernel<WKind::MXFP4, 4>, ensure_smem<fused_kernel<WKind::MXFP4, 4>>(smem_bytes))
+                 : go(fused_kernel<WKind::MXFP4, 16>, ensure_smem<fused_kernel<WKind::MXFP4, 16>>(smem_bytes));
   return cudaErrorInvalidValue;
 }
 

@@ -55,25 +55,21 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, int ks
   store_mtile<GATED>(a, e, alpha, mode, mt, acc, n, p0);
 }
 
+template <WKind W, bool GATED, int kDepth>
+cudaError_t launch(const GemmArgs& a, int ksplit, cudaStream_t s) {
+  const int mpc = kWarps / ksplit;
+  const dim3 grid(unsigned(a.max_tiles), unsigned((a.N / 16 + mpc - 1) / mpc));
+  const int smem = gemv_smem_bytes(a.K);
+  const cudaError_t err = ensure_smem<gemv_kernel<W, GATED, kDepth>>(smem);
+  if (err != cudaSuccess) return err;
+  gemv_kernel<W, GATED, kDepth><<<grid, kThreads, size_t(smem), s>>>(a, ksplit, gemv_row_stride(a.K));
+  return cudaGetLastError();
+}
+
 template <WKind W>
 cudaError_t launch(const GemmArgs& a, int ksplit, int depth, cudaStream_t s) {
-  const int mpc = kWarps / ksplit;
-  const int M16 = a.N / 16;
-  const dim3 grid(unsigned(a.max_tiles), unsigned((M16 + mpc - 1) / mpc));
-  const size_t smem = size_t(gemv_smem_bytes(a.K));
-  const int rs_bytes = gemv_row_stride(a.K);
-  auto go = [&](auto kern) {
-    static size_t raised = 0;  // per kernel: raise the dynamic shared-memory limit once when needed
-    if (smem > 48 * 1024 && smem > raised) {
-      const cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-      if (err != cudaSuccess) return err;
-      raised = smem;
-    }
-    kern<<<grid, kThreads, smem, s>>>(a, ksplit, rs_bytes);
-    return cudaGetLastError();
-  };
-  if (depth == 8) return a.act >= 0 ? go(gemv_kernel<W, true, 8>) : go(gemv_kernel<W, false, 8>);
-  return a.act >= 0 ? go(gemv_kernel<W, true, 4>) : go(gemv_kernel<W, false, 4>);
+  if (depth == 8) return a.act >= 0 ? launch<W, true, 8>(a, ksplit, s) : launch<W, false, 8>(a, ksplit, s);
+  return a.act >= 0 ? launch<W, true, 4>(a, ksplit, s) : launch<W, false, 4>(a, ksplit, s);
 }
 
 }  // namespace

@@ -1,0 +1,176 @@
+// The grouped expert GEMM for many tokens per expert (prefill): CTA tile = 128 weight rows x 128 tokens
+// of one expert, K in chunks of 128, bf16 mma.sync m16n8k16 from shared memory (ldmatrix).
+//
+// The swap-AB kernel (sm80_moe_gemm.cuh) decodes a weight row once per 32 tokens and re-reads the
+// activations per 32 weight rows; here each chunk of the weight tile is decoded once per 128 tokens into
+// shared memory and every activation row is read once per 128 weight rows:
+//  - per chunk, each thread loads 64 packed elements of one weight row (the next chunk's are in flight
+//    in registers during this chunk's products) and decodes them with the tiled kernel's decode (the same
+//    bf16 operand values), into a 128 x 128 bf16 tile (rows of 256 bytes, 16-byte units XOR-swizzled by
+//    row % 8 so ldmatrix is conflict-free);
+//  - the tokens' bf16 rows (gathered through b_row) arrive by cp.async (zero-filled past K and past the
+//    tile's tokens), issued right after the barrier for the next chunk: two buffers of each operand;
+//  - 8 warps = 2 (weight rows) x 4 (tokens), a 64 x 32 warp tile: 16 accumulators of 16 x 8;
+//  - tile rows follow the GEMV kernel's m-tile rows (gemv::tile_row), so for GEMM1 a thread's rows g and
+//    g + 8 are the gate and up rows of one output column; the epilogue is the GEMV kernel's.
+#include "moe/cuda/sm90_fp4_gemv.cuh"
+
+namespace mxmoe::moe::cuda {
+namespace tile128 {
+namespace {
+
+using gemm::Raw;
+constexpr int kBM = 128, kBN = 128, kThreads = 256;
+constexpr int kTileBytes = 128 * 256;                  // one operand tile of one chunk
+constexpr int kSmemBytes = 4 * kTileBytes + 4 * 256;  // A and B, double buffered; the B row indices
+
+__device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 256 + ((unit ^ (row & 7)) << 4)); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+
+template <WKind W, bool GATED>
+__global__ void __launch_bounds__(kThreads, 1) tile128_kernel(const GemmArgs a) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int tile = blockIdx.x;
+  if (tile >= *a.num_tiles) return;
+  const int4 td = a.tiles[tile];
+  const int e = td.x, p0 = td.y, n = td.z;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int wm = warp >> 2, wn = warp & 3;
+  const int mode = gemv::row_mode(a, GATED), I = a.N / 2, M16 = a.N / 16;
+  const uint32_t sbase = uint32_t(__cvta_generic_to_shared(smem));
+  int64_t* brows = reinterpret_cast<int64_t*>(smem + 4 * kTileBytes);
+
+  // This thread's weight row (tile row tid / 2, elements 64 * (tid % 2) .. + 63 of each chunk).
+  const int tr = tid >> 1, th = tid & 1, mt = blockIdx.y * 8 + tr / 16;
+  const bool row_ok = mt < M16;
+  const int64_t wrow = int64_t(e) * a.N + (row_ok ? gemv::tile_row(mode, mt, tr % 16, I) : 0);
+  constexpr int bits = gemm::WT<W>::bits;
+  const uint8_t* rc = a.codes + wrow * (bits == 16 ? int64_t(a.K) * 2 : a.row_bytes);
+  const uint8_t* rs = W == WKind::BF16 ? nullptr : a.scales + wrow * (a.K / gemm::WT<W>::block);
+  const float vllm_gs = (W == WKind::NVFP4 && a.vllm) ? a.w_gs[e] : 0.0f;
+  Raw<W> raw[2];
+  auto load_w = [&](int c) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int64_t k0 = int64_t(c) * 128 + 64 * th + 32 * q;
+      gemm::load_raw<W>(a, rc, rs, k0, row_ok && k0 < a.K, raw[q]);
+    }
+  };
+  auto store_w = [&](int buf) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      uint32_t w[16];
+      gemm::decode<W>(raw[q], vllm_gs, w);
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        *reinterpret_cast<uint4*>(smem + buf * kTileBytes + swz(tr, 8 * th + 4 * q + u)) =
+            make_uint4(w[4 * u], w[4 * u + 1], w[4 * u + 2], w[4 * u + 3]);
+    }
+  };
+  // Token rows: thread tid copies units (tid % 16) + 16 * i ... of rows; 128 rows x 16 units per chunk.
+  if (tid < kBN) brows[tid] = tid < n ? (a.b_row ? a.b_row[p0 + tid] : p0 + tid) : -1;
+  __syncthreads();
+  auto load_b = [&](int c, int buf) {
+    const uint32_t base = sbase + uint32_t((2 + buf) * kTileBytes);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int idx = tid + kThreads * i, row = idx >> 4, unit = idx & 15;
+      const int64_t k = int64_t(c) * 128 + 8 * unit, br = brows[row];
+      const bool v = br >= 0 && k < a.K;
+      cp_async16(base + swz(row, unit), v ? a.b16 + br * a.ldb + k : a.b16, v);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+
+  float acc[4][4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+  const int nch = (a.K + 127) / 128;
+  load_w(0);
+  load_b(0, 0);
+  for (int c = 0; c < nch; ++c) {
+    const int buf = c & 1;
+    store_w(buf);
+    if (c + 1 < nch) load_w(c + 1);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();  // A[buf] written, B[buf] landed; everyone is done with the other buffers
+    if (c + 1 < nch) load_b(c + 1, buf ^ 1);
+    const uint32_t A = sbase + uint32_t(buf * kTileBytes), B = sbase + uint32_t((2 + buf) * kTileBytes);
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks) {
+      uint32_t af[4][4], bf[4][2];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        ldsm_x4(A + swz(64 * wm + 16 * i + (lane & 15), 2 * ks + (lane >> 4)), af[i][0], af[i][1], af[i][2], af[i][3]);
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        ldsm_x4(B + swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)), bf[2 * j][0],
+                bf[2 * j][1], bf[2 * j + 1][0], bf[2 * j + 1][1]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          gemm::mma_bf16(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
+    }
+  }
+
+  // Epilogue per (m-tile, 8-token group): the GEMV kernel's, on rows p0 + 32 wn + 8 j ...
+  const float alpha = cc::mul_rn(gemm::act_alpha(a, e), a.w_alpha[e]);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = blockIdx.y * 8 + 4 * wm + i;
+    if (m >= M16) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int tok0 = 32 * wn + 8 * j;
+      if (tok0 < n) gemv::store_mtile<GATED>(a, e, alpha, mode, m, acc[i][j], n - tok0, int64_t(p0) + tok0);
+    }
+  }
+}
+
+template <WKind W, bool GATED>
+cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
+  const cudaError_t err = ensure_smem<tile128_kernel<W, GATED>>(kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(unsigned(a.max_tiles), unsigned((a.N / 16 + 7) / 8));
+  tile128_kernel<W, GATED><<<grid, kThreads, kSmemBytes, s>>>(a);
+  return cudaGetLastError();
+}
+
+template <WKind W>
+cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
+  return a.act >= 0 ? launch<W, true>(a, s) : launch<W, false>(a, s);
+}
+
+}  // namespace
+}  // namespace tile128
+
+cudaError_t grouped_gemm_tile128(const GemmArgs& a, cudaStream_t s) {
+  if (a.max_tiles == 0) return cudaSuccess;
+  if (a.b16 == nullptr || a.b32 != nullptr || a.nt != 16) return cudaErrorInvalidValue;
+  switch (a.wk) {
+    case WKind::NVFP4: return tile128::launch<WKind::NVFP4>(a, s);
+    case WKind::MXFP4: return tile128::launch<WKind::MXFP4>(a, s);
+    case WKind::MXFP6_E2M3: return tile128::launch<WKind::MXFP6_E2M3>(a, s);
+    case WKind::MXFP6_E3M2: return tile128::launch<WKind::MXFP6_E3M2>(a, s);
+    case WKind::MXFP8_E4M3: return tile128::launch<WKind::MXFP8_E4M3>(a, s);
+    case WKind::BF16: return tile128::launch<WKind::BF16>(a, s);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace mxmoe::moe::cuda
