@@ -4,9 +4,9 @@
 // The swap-AB kernel (sm80_moe_gemm.cuh) decodes a weight row once per 32 tokens and re-reads the
 // activations per 32 weight rows; here each chunk of the weight tile is decoded once per 128 tokens into
 // shared memory and every activation row is read once per 128 weight rows:
-//  - per chunk, each thread loads 64 packed elements of one weight row (the next chunk's are in flight
-//    in registers during this chunk's products) and decodes them with the tiled kernel's decode (the same
-//    bf16 operand values), into a 128 x 128 bf16 tile (rows of 256 bytes, 16-byte units XOR-swizzled by
+//  - per chunk, each thread loads 64 packed elements of one weight row (two chunks ahead, in registers)
+//    and decodes them with the tiled kernel's decode (the same bf16 operand values) right after issuing
+//    the previous chunk's products, into a 128 x 128 bf16 tile (rows of 256 bytes, 16-byte units XOR-swizzled by
 //    row % 8 so ldmatrix is conflict-free);
 //  - the tokens' bf16 rows (gathered through b_row) arrive by cp.async (zero-filled past K and past the
 //    tile's tokens), issued right after the barrier for the next chunk: two buffers of each operand;
@@ -102,10 +102,10 @@ __global__ void __launch_bounds__(kThreads, 1) tile128_kernel(const GemmArgs a) 
   const int nch = (a.K + 127) / 128;
   load_w(0);
   load_b(0, 0);
+  store_w(0);
+  if (nch > 1) load_w(1);
   for (int c = 0; c < nch; ++c) {
     const int buf = c & 1;
-    store_w(buf);
-    if (c + 1 < nch) load_w(c + 1);
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncthreads();  // A[buf] written, B[buf] landed; everyone is done with the other buffers
     if (c + 1 < nch) load_b(c + 1, buf ^ 1);
@@ -125,6 +125,11 @@ __global__ void __launch_bounds__(kThreads, 1) tile128_kernel(const GemmArgs a) 
 #pragma unroll
         for (int j = 0; j < 4; ++j)
           gemm::mma_bf16(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
+    }
+    // The next chunk's weights: decoded while this chunk's products drain through the tensor cores.
+    if (c + 1 < nch) {
+      store_w(buf ^ 1);
+      if (c + 2 < nch) load_w(c + 2);
     }
   }
 
