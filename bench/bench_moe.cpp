@@ -1,6 +1,7 @@
 // One synthetic MoE layer forward on the CPU (`cpu` experts backend) against the roofline:
 // Qwen3-30B-A3B (H 2048, I 768, 128 experts, top-8) at T = 1, 8, 64, 512 and gpt-oss-20b at T = 1, 64,
-// for w_nvfp4_a_nvfp4, w_mxfp4_a_mxfp4 and w_nvfp4_a16 in both emulation modes.
+// for w_nvfp4_a_nvfp4, w_mxfp4_a_mxfp4, w_nvfp4_a16 and w_mxfp6_e2m3_a_mxfp6_e2m3 in both emulation
+// modes.
 // Counters: touched_MB = packed weights + scales of the experts that received a token (what one
 // forward must read at least; averaged over 16 rotating inputs, see BM_MoeLayer); GB/s = touched bytes / time; floor_us = touched bytes / this binary's
 // measured copy bandwidth (read + write bytes per second, all threads); x_floor = time / floor;
@@ -116,7 +117,7 @@ int main(int argc, char** argv) {
   };
   const Case cases[] = {{"qwen3-30b-a3b", {1, 8, 64, 512}}, {"gpt-oss-20b", {1, 64}}};
   for (const auto& c : cases)
-    for (const char* scheme : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16"})
+    for (const char* scheme : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16", "w_mxfp6_e2m3_a_mxfp6_e2m3"})
       for (Emulation e : {Emulation::Exact, Emulation::VLLM})
         for (int64_t T : c.tokens) {
           const std::string name = std::string("BM_MoeLayer/") + c.shape + "/" + scheme + "/" +

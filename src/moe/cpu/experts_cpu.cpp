@@ -1,10 +1,11 @@
-// CPU grouped GEMM: only experts with tokens are touched. Each task takes one of three paths
+// CPU grouped GEMM: only experts with tokens are touched. Each task takes one of four paths
 // (heuristics.hpp): FP4 weights with few tokens per expert run the fused decode+FMA kernel
-// (fp4_gemv; from use_panel tokens, a bf16 panel decoded once per 64-row tile and a dot-product
-// GEMM, fp4_gemm_panel_bf16); other few-token tasks decode 16 weight rows at a time into an L1 buffer and take dot
-// products; many-token tasks decode a 64-row tile to float32 and call OpenBLAS sgemm. Threads (the
-// caller and work_pool helpers; OMP_NUM_THREADS sets the count) take (expert, row tile) items from one
-// shared list.
+// (fp4_gemv; vllm NVFP4 through a bf16 weight table, fp4_gemv_vllm_table; from use_panel tokens, a
+// bf16 panel decoded once per 64-row tile and a dot-product GEMM, fp4_gemm_panel_bf16); MXFP6 weights
+// with bf16 activations the fused mx6_gemv_bf16; other few-token tasks decode 16 weight rows at a time
+// into an L1 buffer and take dot products; many-token tasks decode a 64-row tile to float32 and call
+// OpenBLAS sgemm. Threads (the caller and work_pool helpers; OMP_NUM_THREADS sets the count) take
+// (expert, row tile) items from one shared list.
 #include <cblas.h>
 #include <omp.h>
 
@@ -26,7 +27,7 @@ namespace {
 
 constexpr int64_t kGemvTile = 16;  // weight rows decoded per step of the DecodeDot path (L1 sized)
 
-bool is_fp4(const ExpertLinear& w) { return w.packed && element_bits(w.packed->params.scheme) == 4; }
+int packed_bits(const ExpertLinear& w) { return w.packed ? element_bits(w.packed->params.scheme) : 0; }
 
 // vllm mode rounds NVFP4 weights q * (scale / gs) to bf16 (MX weights are exact either way).
 bool vllm_nvfp4(const ExpertLinear& w, Emulation e) {
@@ -70,11 +71,11 @@ class CpuExperts final : public ExpertsBackend {
     const bool dot16 = cpu::fp4_bf16_dot_active();
     for (size_t t = 0; t < tasks.size(); ++t) {
       const GemmTask& g = tasks[t];
-      plans[t] = {cpu::choose_path(is_fp4(*g.w), g.n), packed_len};
-      if (plans[t].path == cpu::GemmPath::Fused) {
+      plans[t] = {cpu::choose_path(packed_bits(*g.w), g.n), packed_len};
+      if (plans[t].path == cpu::GemmPath::Fused || plans[t].path == cpu::GemmPath::FusedMx6)
         packed_len += g.n * cpu::fp4_act_stride(g.w->in_features());
-        if (dot16 && cpu::use_vllm_table(vllm_nvfp4(*g.w, e), g.n)) plans[t].table = n_tables++;
-      }
+      if (plans[t].path == cpu::GemmPath::Fused && dot16 && cpu::use_vllm_table(vllm_nvfp4(*g.w, e), g.n))
+        plans[t].table = n_tables++;
       bytes += weight_bytes(*g.w);
       for (int64_t r = 0; r < g.w->out_features(); r += cpu::kTileRows) items.push_back({t, r});
     }
@@ -107,7 +108,9 @@ class CpuExperts final : public ExpertsBackend {
         const GemmTask& g = tasks[t];
         const int64_t K = g.w->in_features();
         plans[t].bf16 = dot16 && cpu::fp4_pack_activations_bf16(g.a, g.n, K, packed16 + plans[t].act_off);
-        if (!plans[t].bf16) cpu::fp4_pack_activations(g.a, g.n, K, packed + plans[t].act_off);
+        // MXFP6 has no float32 fused kernel: without bf16 activations it takes the unfused path (g.a).
+        if (!plans[t].bf16 && plans[t].path == cpu::GemmPath::Fused)
+          cpu::fp4_pack_activations(g.a, g.n, K, packed + plans[t].act_off);
         else if (plans[t].table >= 0) cpu::nvfp4_vllm_table(g.w->packed->params.global_scale, tables + plans[t].table);
         pack_state[t].store(2, std::memory_order_release);
         return;
@@ -117,15 +120,16 @@ class CpuExperts final : public ExpertsBackend {
     cpu::parallel_items(int64_t(items.size()), threads, [&](int64_t ii) {
         const size_t i = size_t(ii);
         thread_local std::vector<float> wbuf;  // per thread, grows only
-        if (plans[items[i].task].path == cpu::GemmPath::Fused) ensure_packed(items[i].task);
+        const Plan& p = plans[items[i].task];
+        if (p.path == cpu::GemmPath::Fused || p.path == cpu::GemmPath::FusedMx6) ensure_packed(items[i].task);
         const GemmTask& t = tasks[items[i].task];
         const int64_t N = t.w->out_features(), K = t.w->in_features(), r0 = items[i].r0;
         const int64_t nr = std::min(cpu::kTileRows, N - r0);
-        switch (plans[items[i].task].path) {
+        const bool mx6_unfused = p.path == cpu::GemmPath::FusedMx6 && !p.bf16;
+        switch (mx6_unfused ? cpu::unfused_path(t.n) : p.path) {
           case cpu::GemmPath::Fused: {
             float wa = 1.0f;
             const cpu::Fp4Weight w = fp4_view(*t.w, e, &wa);
-            const Plan& p = plans[items[i].task];
             if (p.bf16 && cpu::use_panel(w.gs > 0, t.n) &&
                 cpu::fp4_gemm_panel_bf16(w, r0, r0 + nr, packed16 + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N))
               break;
@@ -136,6 +140,12 @@ class CpuExperts final : public ExpertsBackend {
               cpu::fp4_gemv_bf16(w, r0, r0 + nr, packed16 + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
             else
               cpu::fp4_gemv(w, r0, r0 + nr, packed + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
+            break;
+          }
+          case cpu::GemmPath::FusedMx6: {
+            const QuantizedTensor& q = *t.w->packed;
+            cpu::mx6_gemv_bf16({q.codes.ptr<uint8_t>(), q.scales.ptr<uint8_t>(), K, traits(q.params.scheme).element}, r0,
+                               r0 + nr, packed16 + p.act_off, t.n, t.a_alpha, t.bias, t.y, N);
             break;
           }
           case cpu::GemmPath::DecodeDot: {

@@ -1,0 +1,126 @@
+// The fused MXFP6 kernel (src/moe/cpu/fused_gemv_mx6.cpp) on fresh random inputs: against a float64
+// dot of decode_wide_row's weights within the float32 accumulation bound |d| <= 2 K u sum_c |a_c w_c|
+// (u = 2^-24) and against its scalar column-order path, with poisoned outputs, odd K / row / token
+// counts and NaN scales; and the cpu backend against ref on MXFP6 layers at few tokens, both modes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "moe/cpu/simd_kernels.hpp"
+#include "mxmoe/moe/layer.hpp"
+#include "test_util.hpp"
+
+using namespace mxmoe;
+using namespace mxmoe::moe;
+
+namespace {
+
+void check_mx6_gemv(Encoding element, int64_t K, int64_t N, int64_t r0, int64_t r1, int64_t n, bool nan_scale,
+                    std::mt19937& g) {
+  const int64_t nb = K / 32, rb = K * 3 / 4, Kp = cpu::fp4_act_stride(K), ldy = N + 3;
+  std::vector<uint8_t> codes(size_t(N * rb)), scales(size_t(N * nb));
+  for (auto& c : codes) c = uint8_t(g());
+  for (auto& s : scales) s = uint8_t(100 + g() % 50);  // includes scales far from 1
+  if (nan_scale) scales[size_t(r0 * nb + nb / 2)] = 0xff;  // a NaN block in row r0
+  std::normal_distribution<float> nd;
+  std::vector<float> a(size_t(n * K)), bias(static_cast<size_t>(N));
+  for (auto& v : a) v = bf16_to_f32(f32_to_bf16(nd(g)));
+  for (auto& v : bias) v = nd(g);
+  std::vector<uint16_t> ap16(size_t(n * Kp));
+  ASSERT_TRUE(cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
+  const cpu::Mx6Weight w{codes.data(), scales.data(), K, element};
+  const bool with_bias = n % 2 == 1;
+  const float alpha = 0.75f, *b = with_bias ? bias.data() : nullptr;
+  std::vector<float> y(size_t(n * ldy), NAN), ys(size_t(n * ldy), NAN);
+  cpu::mx6_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, b, y.data(), ldy);
+  cpu::mx6_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, b, ys.data(), ldy, false);
+  const std::string what = std::string(traits(element).name) + " K " + std::to_string(K) + " n " + std::to_string(n);
+  std::vector<float> row(static_cast<size_t>(K)), mult(static_cast<size_t>(nb));
+  for (int64_t j = 0; j < ldy; ++j) {
+    if (j < r0 || j >= r1) {
+      for (int64_t m = 0; m < n; ++m) ASSERT_TRUE(std::isnan(y[size_t(m * ldy + j)])) << what << " wrote row " << j;
+      continue;
+    }
+    for (int64_t bi = 0; bi < nb; ++bi) mult[size_t(bi)] = decode_table(Encoding::UE8M0)[scales[size_t(j * nb + bi)]];
+    cpu::decode_wide_row(codes.data() + j * rb, mult.data(), K, 32, 6, element, false, row.data(), false);
+    for (int64_t m = 0; m < n; ++m) {
+      const size_t i = size_t(m * ldy + j);
+      double exact = 0, mag = 0;
+      for (int64_t c = 0; c < K; ++c) {
+        exact += double(a[size_t(m * K + c)]) * row[size_t(c)];
+        mag += std::fabs(double(a[size_t(m * K + c)]) * row[size_t(c)]);
+      }
+      if (std::isnan(exact)) {
+        EXPECT_TRUE(std::isnan(y[i]) && std::isnan(ys[i])) << what << " row " << j;
+        continue;
+      }
+      const double want = exact * alpha + (with_bias ? bias[size_t(j)] : 0.0);
+      const double bound = 2.0 * double(K) * 0x1p-24 * mag * alpha + 1e-6 * std::fabs(want) + 1e-30;
+      ASSERT_TRUE(std::isfinite(y[i])) << what << " row " << j;
+      EXPECT_LE(std::fabs(y[i] - want), bound) << what << " row " << j << " token " << m;
+      EXPECT_LE(std::fabs(ys[i] - want), bound) << what << " scalar, row " << j << " token " << m;
+    }
+  }
+}
+
+TEST(Mx6Gemv, MatchesRowDecodeWithinAccumulationBound) {
+  std::mt19937 g(51);
+  for (Encoding e : {Encoding::E2M3, Encoding::E3M2})
+    for (int64_t K : {int64_t(32 * 3), int64_t(32 * 37), int64_t(2048), int64_t(2880)})
+      for (auto [N, r0, r1] : {std::tuple<int64_t, int64_t, int64_t>{23, 3, 22}, {40, 0, 40}, {7, 2, 3}})
+        for (int64_t n : {1, 2, 3, 4, 5, 8, 9}) check_mx6_gemv(e, K, N, r0, r1, n, n == 3, g);
+}
+
+// One-hot activation rows: each output is the single product 1 * w[j, c], so the kernel's weights
+// must be decode_wide_row's bit for bit (zero's sign aside).
+TEST(Mx6Gemv, WeightsMatchRowDecodeBitwise) {
+  std::mt19937 g(52);
+  for (Encoding e : {Encoding::E2M3, Encoding::E3M2}) {
+    const int64_t K = 32 * 9, N = 13, n = K, nb = K / 32, rb = K * 3 / 4, Kp = cpu::fp4_act_stride(K);
+    std::vector<uint8_t> codes(size_t(N * rb)), scales(size_t(N * nb));
+    for (auto& c : codes) c = uint8_t(g());
+    for (auto& s : scales) s = uint8_t(110 + g() % 30);
+    std::vector<float> a(size_t(n * K), 0.0f);
+    for (int64_t c = 0; c < K; ++c) a[size_t(c * K + c)] = 1.0f;
+    std::vector<uint16_t> ap16(size_t(n * Kp));
+    ASSERT_TRUE(cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
+    std::vector<float> y(size_t(n * N), NAN);
+    cpu::mx6_gemv_bf16({codes.data(), scales.data(), K, e}, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N);
+    std::vector<float> row(static_cast<size_t>(K)), mult(static_cast<size_t>(nb));
+    for (int64_t j = 0; j < N; ++j) {
+      for (int64_t bi = 0; bi < nb; ++bi) mult[size_t(bi)] = decode_table(Encoding::UE8M0)[scales[size_t(j * nb + bi)]];
+      cpu::decode_wide_row(codes.data() + j * rb, mult.data(), K, 32, 6, e, false, row.data(), false);
+      for (int64_t c = 0; c < K; ++c) ASSERT_EQ(y[size_t(c * N + j)], row[size_t(c)]) << "row " << j << " col " << c;
+    }
+  }
+}
+
+// Whole MXFP6 layers at few tokens per expert (the fused kernel) against the ref backend, both modes,
+// fresh inputs per T; GEMM2 of exact mode with float32 activations takes the decode + dot path.
+TEST(Mx6Gemv, LayerMatchesRefAtFewTokens) {
+  for (const char* name : {"w_mxfp6_e2m3_a_mxfp6_e2m3", "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp6_e3m2_a_fp8"}) {
+    const MoeLayer l = synthetic_layer({"small", 256, 128, 6, 2}, parse_moe_scheme(name), 61);
+    for (int64_t T : {1, 2, 3, 8, 40})
+      for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+        const Tensor x = test::random_tensor(DType::BF16, {T, 256}, uint32_t(200 + T));
+        MoeOptions o;
+        o.emulation = e;
+        o.backend = Backend::Ref;
+        const MoeResult ref = run_moe(l, x, o);
+        o.backend = Backend::Cpu;
+        const MoeResult cpu = run_moe(l, x, o);
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < ref.out.numel(); ++i) {
+          const double r = ref.out.ptr<float>()[i], c = cpu.out.ptr<float>()[i];
+          ASSERT_TRUE(std::isfinite(c)) << name << " T " << T << " at " << i;
+          num += (c - r) * (c - r), den += r * r;
+        }
+        EXPECT_LT(std::sqrt(num / den), 2e-3) << name << " " << emulation_name(e) << " T " << T;
+      }
+  }
+}
+
+}  // namespace
