@@ -5,14 +5,17 @@
 // activations per 32 weight rows; here each chunk of the weight tile is decoded once per 128 tokens into
 // shared memory and every activation row is read once per 128 weight rows:
 //  - per chunk, each thread loads 64 packed elements of one weight row (two chunks ahead, in registers)
-//    and decodes them with the tiled kernel's decode (the same bf16 operand values) right after issuing
-//    the previous chunk's products, into a 128 x 128 bf16 tile (rows of 256 bytes, 16-byte units XOR-swizzled by
+//    and decodes them (FP4: the GEMV kernel's per-scale tables; else the tiled kernel's decode; the same
+//    bf16 operand values either way) right after issuing the previous chunk's products, into a 128 x 128
+//    bf16 tile (rows of 256 bytes, 16-byte units XOR-swizzled by
 //    row % 8 so ldmatrix is conflict-free);
 //  - the tokens' bf16 rows (gathered through b_row) arrive by cp.async (zero-filled past K and past the
 //    tile's tokens), issued right after the barrier for the next chunk: two buffers of each operand;
 //  - 8 warps = 2 (weight rows) x 4 (tokens), a 64 x 32 warp tile: 16 accumulators of 16 x 8;
 //  - tile rows follow the GEMV kernel's m-tile rows (gemv::tile_row), so for GEMM1 a thread's rows g and
 //    g + 8 are the gate and up rows of one output column; the epilogue is the GEMV kernel's.
+#include <type_traits>
+
 #include "moe/cuda/sm90_fp4_gemv.cuh"
 
 namespace mxmoe::moe::cuda {
@@ -22,7 +25,8 @@ namespace {
 using gemm::Raw;
 constexpr int kBM = 128, kBN = 128, kThreads = 256;
 constexpr int kTileBytes = 128 * 256;                  // one operand tile of one chunk
-constexpr int kSmemBytes = 4 * kTileBytes + 4 * 256;  // A and B, double buffered; the B row indices
+constexpr int kLutOffset = 4 * kTileBytes + 4 * 256;
+constexpr int kSmemBytes = kLutOffset + gemv::kLutBytes;  // A and B double buffered, B row indices, tables
 
 __device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 256 + ((unit ^ (row & 7)) << 4)); }
 
@@ -57,19 +61,25 @@ __global__ void __launch_bounds__(kThreads, 1) tile128_kernel(const GemmArgs a) 
   const uint8_t* rc = a.codes + wrow * (bits == 16 ? int64_t(a.K) * 2 : a.row_bytes);
   const uint8_t* rs = W == WKind::BF16 ? nullptr : a.scales + wrow * (a.K / gemm::WT<W>::block);
   const float vllm_gs = (W == WKind::NVFP4 && a.vllm) ? a.w_gs[e] : 0.0f;
-  Raw<W> raw[2];
+  // FP4: the GEMV kernel's scale tables (same values as gemm::decode, a fifth of the instructions).
+  constexpr bool kLut = W == WKind::NVFP4 || W == WKind::MXFP4;
+  const uint4* lut = reinterpret_cast<const uint4*>(smem + kLutOffset);
+  if constexpr (kLut) gemv::build_luts<W>(reinterpret_cast<uint4*>(smem + kLutOffset), a, e);
+  std::conditional_t<kLut, gemv::Raw, Raw<W>> raw[2];
   auto load_w = [&](int c) {
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       const int64_t k0 = int64_t(c) * 128 + 64 * th + 32 * q;
-      gemm::load_raw<W>(a, rc, rs, k0, row_ok && k0 < a.K, raw[q]);
+      if constexpr (kLut) gemv::load_raw<W>(rc, rs, k0, row_ok && k0 < a.K, raw[q]);
+      else gemm::load_raw<W>(a, rc, rs, k0, row_ok && k0 < a.K, raw[q]);
     }
   };
   auto store_w = [&](int buf) {
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       uint32_t w[16];
-      gemm::decode<W>(raw[q], vllm_gs, w);
+      if constexpr (kLut) gemv::decode_raw<W>(raw[q], lut, w);
+      else gemm::decode<W>(raw[q], vllm_gs, w);
 #pragma unroll
       for (int u = 0; u < 4; ++u)
         *reinterpret_cast<uint4*>(smem + buf * kTileBytes + swz(tr, 8 * th + 4 * q + u)) =
