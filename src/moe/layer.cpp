@@ -108,8 +108,14 @@ Tensor router_logits(const MoeLayer& l, const float* x, int64_t T) {
     g = converted.data();
   }
   Tensor logits = Tensor::uninitialized(DType::F32, {T, E});
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(E), int(H), 1.0f, x, int(H), g, int(H), 0.0f,
-              logits.ptr<float>(), int(E));
+  if (T <= 2) {  // decode: sgemm would pack the whole E x H gate on every call (~4% of a T = 1 layer)
+    for (int64_t t = 0; t < T; ++t)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(E), int(H), 1.0f, g, int(H), x + t * H, 1, 0.0f,
+                  logits.ptr<float>() + t * E, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(E), int(H), 1.0f, x, int(H), g, int(H), 0.0f,
+                logits.ptr<float>(), int(E));
+  }
   float* lg = logits.ptr<float>();
   for (int64_t t = 0; t < T; ++t)
     for (int64_t e = 0; e < E; ++e) {
