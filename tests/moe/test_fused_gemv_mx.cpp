@@ -1,7 +1,8 @@
-// The fused MXFP6 kernel (src/moe/cpu/fused_gemv_mx6.cpp) on fresh random inputs: against a float64
-// dot of decode_wide_row's weights within the float32 accumulation bound |d| <= 2 K u sum_c |a_c w_c|
-// (u = 2^-24) and against its scalar column-order path, with poisoned outputs, odd K / row / token
-// counts and NaN scales; and the cpu backend against ref on MXFP6 layers at few tokens, both modes.
+// The fused MXFP6 / MXFP8 kernel (src/moe/cpu/fused_gemv_mx.cpp) on fresh random inputs: against a
+// float64 dot of decode_wide_row's weights within the float32 accumulation bound
+// |d| <= 2 K u sum_c |a_c w_c| (u = 2^-24) and against its scalar column-order path, with poisoned
+// outputs, odd K / row / token counts, NaN scales and (8-bit) special codes; and the cpu backend
+// against ref on MXFP6 / MXFP8 layers at few tokens, both modes.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,11 +19,16 @@ using namespace mxmoe::moe;
 
 namespace {
 
-void check_mx6_gemv(Encoding element, int64_t K, int64_t N, int64_t r0, int64_t r1, int64_t n, bool nan_scale,
-                    std::mt19937& g) {
-  const int64_t nb = K / 32, rb = K * 3 / 4, Kp = cpu::fp4_act_stride(K), ldy = N + 3;
+void check_mx_gemv(Encoding element, int64_t K, int64_t N, int64_t r0, int64_t r1, int64_t n, bool nan_scale,
+                   std::mt19937& g) {
+  const int bits = traits(element).bits;
+  const int64_t nb = K / 32, rb = K * bits / 8, Kp = cpu::fp4_act_stride(K), ldy = N + 3;
   std::vector<uint8_t> codes(size_t(N * rb)), scales(size_t(N * nb));
-  for (auto& c : codes) c = uint8_t(g());
+  for (auto& c : codes) {
+    c = uint8_t(g());
+    if (bits == 8 && (c & 0x7f) >= 0x7c) c = uint8_t(c - 8);  // Inf / NaN codes: below, in row r0 only
+  }
+  if (bits == 8 && nan_scale) codes[size_t(r0 * rb + 5)] = element == Encoding::E4M3 ? 0xff : 0x7c;  // NaN / Inf
   for (auto& s : scales) s = uint8_t(100 + g() % 50);  // includes scales far from 1
   if (nan_scale) scales[size_t(r0 * nb + nb / 2)] = 0xff;  // a NaN block in row r0
   std::normal_distribution<float> nd;
@@ -31,12 +37,12 @@ void check_mx6_gemv(Encoding element, int64_t K, int64_t N, int64_t r0, int64_t 
   for (auto& v : bias) v = nd(g);
   std::vector<uint16_t> ap16(size_t(n * Kp));
   ASSERT_TRUE(cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
-  const cpu::Mx6Weight w{codes.data(), scales.data(), K, element};
+  const cpu::MxWeight w{codes.data(), scales.data(), K, element};
   const bool with_bias = n % 2 == 1;
   const float alpha = 0.75f, *b = with_bias ? bias.data() : nullptr;
   std::vector<float> y(size_t(n * ldy), NAN), ys(size_t(n * ldy), NAN);
-  cpu::mx6_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, b, y.data(), ldy);
-  cpu::mx6_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, b, ys.data(), ldy, false);
+  cpu::mx_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, b, y.data(), ldy);
+  cpu::mx_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, b, ys.data(), ldy, false);
   const std::string what = std::string(traits(element).name) + " K " + std::to_string(K) + " n " + std::to_string(n);
   std::vector<float> row(static_cast<size_t>(K)), mult(static_cast<size_t>(nb));
   for (int64_t j = 0; j < ldy; ++j) {
@@ -45,7 +51,7 @@ void check_mx6_gemv(Encoding element, int64_t K, int64_t N, int64_t r0, int64_t 
       continue;
     }
     for (int64_t bi = 0; bi < nb; ++bi) mult[size_t(bi)] = decode_table(Encoding::UE8M0)[scales[size_t(j * nb + bi)]];
-    cpu::decode_wide_row(codes.data() + j * rb, mult.data(), K, 32, 6, element, false, row.data(), false);
+    cpu::decode_wide_row(codes.data() + j * rb, mult.data(), K, 32, bits, element, false, row.data(), false);
     for (int64_t m = 0; m < n; ++m) {
       const size_t i = size_t(m * ldy + j);
       double exact = 0, mag = 0;
@@ -66,42 +72,45 @@ void check_mx6_gemv(Encoding element, int64_t K, int64_t N, int64_t r0, int64_t 
   }
 }
 
-TEST(Mx6Gemv, MatchesRowDecodeWithinAccumulationBound) {
+TEST(MxGemv, MatchesRowDecodeWithinAccumulationBound) {
   std::mt19937 g(51);
-  for (Encoding e : {Encoding::E2M3, Encoding::E3M2})
+  for (Encoding e : {Encoding::E2M3, Encoding::E3M2, Encoding::E4M3, Encoding::E5M2})
     for (int64_t K : {int64_t(32 * 3), int64_t(32 * 37), int64_t(2048), int64_t(2880)})
       for (auto [N, r0, r1] : {std::tuple<int64_t, int64_t, int64_t>{23, 3, 22}, {40, 0, 40}, {7, 2, 3}})
-        for (int64_t n : {1, 2, 3, 4, 5, 8, 9}) check_mx6_gemv(e, K, N, r0, r1, n, n == 3, g);
+        for (int64_t n : {1, 2, 3, 4, 5, 8, 9}) check_mx_gemv(e, K, N, r0, r1, n, n == 3, g);
 }
 
 // One-hot activation rows: each output is the single product 1 * w[j, c], so the kernel's weights
 // must be decode_wide_row's bit for bit (zero's sign aside).
-TEST(Mx6Gemv, WeightsMatchRowDecodeBitwise) {
+TEST(MxGemv, WeightsMatchRowDecodeBitwise) {
   std::mt19937 g(52);
-  for (Encoding e : {Encoding::E2M3, Encoding::E3M2}) {
-    const int64_t K = 32 * 9, N = 13, n = K, nb = K / 32, rb = K * 3 / 4, Kp = cpu::fp4_act_stride(K);
+  for (Encoding e : {Encoding::E2M3, Encoding::E3M2, Encoding::E4M3, Encoding::E5M2}) {
+    const int bits = traits(e).bits;
+    const int64_t K = 32 * 9, N = 13, n = K, nb = K / 32, rb = K * bits / 8, Kp = cpu::fp4_act_stride(K);
     std::vector<uint8_t> codes(size_t(N * rb)), scales(size_t(N * nb));
-    for (auto& c : codes) c = uint8_t(g());
+    for (auto& c : codes) c = uint8_t(bits == 8 ? g() % 0x7c | (g() & 0x80) : g());  // finite codes
     for (auto& s : scales) s = uint8_t(110 + g() % 30);
     std::vector<float> a(size_t(n * K), 0.0f);
     for (int64_t c = 0; c < K; ++c) a[size_t(c * K + c)] = 1.0f;
     std::vector<uint16_t> ap16(size_t(n * Kp));
     ASSERT_TRUE(cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
     std::vector<float> y(size_t(n * N), NAN);
-    cpu::mx6_gemv_bf16({codes.data(), scales.data(), K, e}, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N);
+    cpu::mx_gemv_bf16({codes.data(), scales.data(), K, e}, 0, N, ap16.data(), n, 1.0f, nullptr, y.data(), N);
     std::vector<float> row(static_cast<size_t>(K)), mult(static_cast<size_t>(nb));
     for (int64_t j = 0; j < N; ++j) {
       for (int64_t bi = 0; bi < nb; ++bi) mult[size_t(bi)] = decode_table(Encoding::UE8M0)[scales[size_t(j * nb + bi)]];
-      cpu::decode_wide_row(codes.data() + j * rb, mult.data(), K, 32, 6, e, false, row.data(), false);
+      cpu::decode_wide_row(codes.data() + j * rb, mult.data(), K, 32, bits, e, false, row.data(), false);
       for (int64_t c = 0; c < K; ++c) ASSERT_EQ(y[size_t(c * N + j)], row[size_t(c)]) << "row " << j << " col " << c;
     }
   }
 }
 
-// Whole MXFP6 layers at few tokens per expert (the fused kernel) against the ref backend, both modes,
-// fresh inputs per T; GEMM2 of exact mode with float32 activations takes the decode + dot path.
-TEST(Mx6Gemv, LayerMatchesRefAtFewTokens) {
-  for (const char* name : {"w_mxfp6_e2m3_a_mxfp6_e2m3", "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp6_e3m2_a_fp8"}) {
+// Whole MXFP6 / MXFP8 layers at few tokens per expert (the fused kernel) against the ref backend,
+// both modes, fresh inputs per T (w_mxfp8_e4m3_a16 exact: GEMM2's float32 activations take the
+// unfused path).
+TEST(MxGemv, LayerMatchesRefAtFewTokens) {
+  for (const char* name :
+       {"w_mxfp6_e2m3_a_mxfp6_e2m3", "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp6_e3m2_a_fp8", "w_mxfp8_e4m3_a16"}) {
     const MoeLayer l = synthetic_layer({"small", 256, 128, 6, 2}, parse_moe_scheme(name), 61);
     for (int64_t T : {1, 2, 3, 8, 40})
       for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {

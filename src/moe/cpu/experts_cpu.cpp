@@ -1,8 +1,8 @@
 // CPU grouped GEMM: only experts with tokens are touched. Each task takes one of four paths
 // (heuristics.hpp): FP4 weights with few tokens per expert run the fused decode+FMA kernel
 // (fp4_gemv; vllm NVFP4 through a bf16 weight table, fp4_gemv_vllm_table; from use_panel tokens, a
-// bf16 panel decoded once per 64-row tile and a dot-product GEMM, fp4_gemm_panel_bf16); MXFP6 weights
-// with bf16 activations the fused mx6_gemv_bf16; other few-token tasks decode 16 weight rows at a time
+// bf16 panel decoded once per 64-row tile and a dot-product GEMM, fp4_gemm_panel_bf16); MXFP6 / MXFP8
+// weights with bf16 activations the fused mx_gemv_bf16; other few-token tasks decode 16 weight rows at a time
 // into an L1 buffer and take dot products; many-token tasks decode a 64-row tile to float32 and call
 // OpenBLAS sgemm. Threads (the caller and work_pool helpers; OMP_NUM_THREADS sets the count) take
 // (expert, row tile) items from one shared list.
@@ -27,7 +27,11 @@ namespace {
 
 constexpr int64_t kGemvTile = 16;  // weight rows decoded per step of the DecodeDot path (L1 sized)
 
-int packed_bits(const ExpertLinear& w) { return w.packed ? element_bits(w.packed->params.scheme) : 0; }
+// Element bits of packed weights a fused kernel takes (FP4, MXFP6, MXFP8), else 0.
+int fused_bits(const ExpertLinear& w) {
+  if (!w.packed || traits(w.packed->params.scheme).element == Encoding::INT8) return 0;
+  return element_bits(w.packed->params.scheme);
+}
 
 // vllm mode rounds NVFP4 weights q * (scale / gs) to bf16 (MX weights are exact either way).
 bool vllm_nvfp4(const ExpertLinear& w, Emulation e) {
@@ -71,8 +75,8 @@ class CpuExperts final : public ExpertsBackend {
     const bool dot16 = cpu::fp4_bf16_dot_active();
     for (size_t t = 0; t < tasks.size(); ++t) {
       const GemmTask& g = tasks[t];
-      plans[t] = {cpu::choose_path(packed_bits(*g.w), g.n), packed_len};
-      if (plans[t].path == cpu::GemmPath::Fused || plans[t].path == cpu::GemmPath::FusedMx6)
+      plans[t] = {cpu::choose_path(fused_bits(*g.w), g.n), packed_len};
+      if (plans[t].path == cpu::GemmPath::Fused || plans[t].path == cpu::GemmPath::FusedMx)
         packed_len += g.n * cpu::fp4_act_stride(g.w->in_features());
       if (plans[t].path == cpu::GemmPath::Fused && dot16 && cpu::use_vllm_table(vllm_nvfp4(*g.w, e), g.n))
         plans[t].table = n_tables++;
@@ -108,7 +112,7 @@ class CpuExperts final : public ExpertsBackend {
         const GemmTask& g = tasks[t];
         const int64_t K = g.w->in_features();
         plans[t].bf16 = dot16 && cpu::fp4_pack_activations_bf16(g.a, g.n, K, packed16 + plans[t].act_off);
-        // MXFP6 has no float32 fused kernel: without bf16 activations it takes the unfused path (g.a).
+        // MXFP6 / MXFP8 have no float32 fused kernel: without bf16 activations, the unfused path (g.a).
         if (!plans[t].bf16 && plans[t].path == cpu::GemmPath::Fused)
           cpu::fp4_pack_activations(g.a, g.n, K, packed + plans[t].act_off);
         else if (plans[t].table >= 0) cpu::nvfp4_vllm_table(g.w->packed->params.global_scale, tables + plans[t].table);
@@ -121,12 +125,12 @@ class CpuExperts final : public ExpertsBackend {
         const size_t i = size_t(ii);
         thread_local std::vector<float> wbuf;  // per thread, grows only
         const Plan& p = plans[items[i].task];
-        if (p.path == cpu::GemmPath::Fused || p.path == cpu::GemmPath::FusedMx6) ensure_packed(items[i].task);
+        if (p.path == cpu::GemmPath::Fused || p.path == cpu::GemmPath::FusedMx) ensure_packed(items[i].task);
         const GemmTask& t = tasks[items[i].task];
         const int64_t N = t.w->out_features(), K = t.w->in_features(), r0 = items[i].r0;
         const int64_t nr = std::min(cpu::kTileRows, N - r0);
-        const bool mx6_unfused = p.path == cpu::GemmPath::FusedMx6 && !p.bf16;
-        switch (mx6_unfused ? cpu::unfused_path(t.n) : p.path) {
+        const bool mx_unfused = p.path == cpu::GemmPath::FusedMx && !p.bf16;
+        switch (mx_unfused ? cpu::unfused_path(t.n) : p.path) {
           case cpu::GemmPath::Fused: {
             float wa = 1.0f;
             const cpu::Fp4Weight w = fp4_view(*t.w, e, &wa);
@@ -142,10 +146,10 @@ class CpuExperts final : public ExpertsBackend {
               cpu::fp4_gemv(w, r0, r0 + nr, packed + p.act_off, t.n, t.a_alpha * wa, t.bias, t.y, N);
             break;
           }
-          case cpu::GemmPath::FusedMx6: {
+          case cpu::GemmPath::FusedMx: {
             const QuantizedTensor& q = *t.w->packed;
-            cpu::mx6_gemv_bf16({q.codes.ptr<uint8_t>(), q.scales.ptr<uint8_t>(), K, traits(q.params.scheme).element}, r0,
-                               r0 + nr, packed16 + p.act_off, t.n, t.a_alpha, t.bias, t.y, N);
+            cpu::mx_gemv_bf16({q.codes.ptr<uint8_t>(), q.scales.ptr<uint8_t>(), K, traits(q.params.scheme).element}, r0,
+                              r0 + nr, packed16 + p.act_off, t.n, t.a_alpha, t.bias, t.y, N);
             break;
           }
           case cpu::GemmPath::DecodeDot: {

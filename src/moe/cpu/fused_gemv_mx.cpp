@@ -1,42 +1,58 @@
-// Fused decode + GEMV for MXFP6 expert weights (E2M3, E3M2; UE8M0 scales, block 32) with few token
-// rows and bf16-exact activations: the 64 element values fit one two-register word permute, so the
-// weights are decoded in registers instead of to a float32 row buffer.
+// Fused decode + GEMV for MXFP6 and MXFP8 expert weights (E2M3, E3M2, E4M3, E5M2; UE8M0 scales,
+// block 32) with few token rows and bf16-exact activations: every element value is exact in bf16 and
+// comes out of word permutes, so the weights are decoded in registers instead of to a float32 row.
 //
 // Layout: the activations are in the bf16 layout of fp4_pack_activations_bf16 (column 4w + s of a
-// 128-column chunk at 32s + w). Column 4w + s is code s of 24-bit group w of the chunk's 96 bytes, so
-// vector s is one vpermi2b (bytes 3w + {0, 0, 1, 2}[s] and the next one into word w), one shift by
-// {0, 6, 4, 2}[s] and one vpermt2w over the 64 bf16 element values (it reads only index bits 0-5).
-// As in the FP4 kernels, float lane l of vdpbf16ps covers columns 8l..8l+7 of one block: the lane
-// sums of a chunk are multiplied by the block scales once.
+// 128-column chunk at 32s + w). 6-bit: column 4w + s is code s of 24-bit group w of the chunk's 96
+// bytes, so vector s is one vpermi2b (bytes 3w + {0, 0, 1, 2}[s] and the next one into word w), one
+// shift by {0, 6, 4, 2}[s] and one vpermt2w over the 64 bf16 element values (it reads only index
+// bits 0-5). 8-bit: byte 4w + s into word w (zero high byte), two vpermt2w over the 128 magnitudes
+// chosen by bit 6, and the sign bit moved to bit 15. As in the FP4 kernels, float lane l of vdpbf16ps
+// covers columns 8l..8l+7 of one block: the lane sums of a chunk are multiplied by the block scales
+// once.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstring>
 
 #include "moe/cpu/heuristics.hpp"
 #include "moe/cpu/simd_kernels.hpp"
 
-#define M6K_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi")))
-#define M6K_INLINE M6K_TARGET inline __attribute__((always_inline))
+#define MXW_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi")))
+#define MXW_INLINE MXW_TARGET inline __attribute__((always_inline))
 
 namespace mxmoe::moe::cpu {
 namespace {
 
 constexpr int kBlock = 32;
-constexpr int64_t kChunkBytes = 96;  // 128 six-bit codes
 
-M6K_INLINE __m512 dp(__m512 acc, __m512i w, __m512i a) { return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)a); }
+MXW_INLINE __m512 dp(__m512 acc, __m512i w, __m512i a) { return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)a); }
 
 struct Consts {
-  __m512i byte_idx[4], tab0, tab1, sidx;
+  __m512i byte_idx[4], tab[4], sidx;  // tab: bf16 element values (6-bit: codes 0-63; 8-bit: magnitudes 0-127)
 };
+
+// The 32 weights of vector s of a chunk (bytes lo = 0-63, hi = 64-) as bf16 element values.
+template <int kBits>
+MXW_INLINE __m512i decode32(__m512i lo, __m512i hi, int s, const Consts& k) {
+  if constexpr (kBits == 6) {
+    __m512i x = _mm512_permutex2var_epi8(lo, k.byte_idx[s], hi);
+    if (s > 0) x = _mm512_srli_epi16(x, s == 1 ? 6 : s == 2 ? 4 : 2);
+    return _mm512_permutex2var_epi16(k.tab[0], x, k.tab[1]);
+  } else {
+    const __m512i x = _mm512_maskz_permutex2var_epi8(0x5555555555555555ull, lo, k.byte_idx[s], hi);
+    const __m512i v = _mm512_mask_mov_epi16(_mm512_permutex2var_epi16(k.tab[0], x, k.tab[1]),
+                                            _mm512_test_epi16_mask(x, _mm512_set1_epi16(0x40)),
+                                            _mm512_permutex2var_epi16(k.tab[2], x, k.tab[3]));
+    return _mm512_ternarylogic_epi32(_mm512_slli_epi16(x, 8), _mm512_set1_epi16(int16_t(0x8000)), v, 0xEA);  // sign | v
+  }
+}
 
 // The 16-lane block-scale vector of chunk `ch` (lane l: the scale of column 8l). UE8M0: 2^(code -
 // 127); code 0 is the float32 subnormal 2^-127, 0xFF NaN.
-M6K_INLINE __m512 scale_vec(const uint8_t* srow, int64_t ch, int64_t nb, const Consts& k) {
+MXW_INLINE __m512 scale_vec(const uint8_t* srow, int64_t ch, int64_t nb, const Consts& k) {
   const int64_t b0 = ch * (128 / kBlock), cnt = std::min<int64_t>(128 / kBlock, nb - b0);
   const __m128i sb = _mm_maskz_loadu_epi8(__mmask16((1u << cnt) - 1), srow + b0);
   const __m512i si = _mm512_permutexvar_epi32(k.sidx, _mm512_cvtepu8_epi32(sb));
@@ -48,10 +64,11 @@ M6K_INLINE __m512 scale_vec(const uint8_t* srow, int64_t ch, int64_t nb, const C
 
 // R weight rows x NT token rows from row j, chunks [ch0, ch1): part[r * 8 + m] += the partial dot
 // products.
-template <int R, int NT>
-M6K_INLINE void rows_kernel(const Mx6Weight& w, int64_t j, const uint16_t* ap, int64_t Kp, int64_t ch0, int64_t ch1,
+template <int kBits, int R, int NT>
+MXW_INLINE void rows_kernel(const MxWeight& w, int64_t j, const uint16_t* ap, int64_t Kp, int64_t ch0, int64_t ch1,
                             float* part, const Consts& k) {
-  const int64_t rb = w.K * 3 / 4, nb = w.K / kBlock;
+  constexpr int64_t kChunkBytes = 128 * kBits / 8;
+  const int64_t rb = w.K * kBits / 8, nb = w.K / kBlock;
   constexpr bool kSplit = R * NT <= 4;  // two dot-product chains per accumulator (latency)
   constexpr int kH = kSplit ? 2 : 1;
   __m512 acc[R][NT];
@@ -60,14 +77,14 @@ M6K_INLINE void rows_kernel(const Mx6Weight& w, int64_t j, const uint16_t* ap, i
   for (int64_t ch = ch0; ch < ch1; ++ch) {
     const int64_t cb = std::min<int64_t>(kChunkBytes, rb - ch * kChunkBytes);
     const __mmask64 m0 = cb >= 64 ? ~__mmask64(0) : (__mmask64(1) << cb) - 1;
-    const __mmask64 m1 = cb <= 64 ? 0 : (__mmask64(1) << (cb - 64)) - 1;
+    const __mmask64 m1 = cb <= 64 ? 0 : cb >= 128 ? ~__mmask64(0) : (__mmask64(1) << (cb - 64)) - 1;
     __m512i lo[R], hi[R];
     __m512 sc[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const uint8_t* cp = w.codes + (j + r) * rb + ch * kChunkBytes;
       _mm_prefetch(reinterpret_cast<const char*>(cp + kFp4PrefetchBytes), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(cp + kFp4PrefetchBytes + 64), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(cp + kFp4PrefetchBytes + 64), _MM_HINT_T0);  // 96-128 bytes
       lo[r] = _mm512_maskz_loadu_epi8(m0, cp);
       hi[r] = _mm512_maskz_loadu_epi8(m1, cp + 64);
       sc[r] = scale_vec(w.scales + (j + r) * nb, ch, nb, k);
@@ -80,9 +97,7 @@ M6K_INLINE void rows_kernel(const Mx6Weight& w, int64_t j, const uint16_t* ap, i
       for (int m = 0; m < NT; ++m) av[m] = _mm512_loadu_si512(a + m * Kp + 32 * s);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
-        __m512i x = _mm512_permutex2var_epi8(lo[r], k.byte_idx[s], hi[r]);
-        if (s > 0) x = _mm512_srli_epi16(x, s == 1 ? 6 : s == 2 ? 4 : 2);
-        const __m512i wv = _mm512_permutex2var_epi16(k.tab0, x, k.tab1);
+        const __m512i wv = decode32<kBits>(lo[r], hi[r], s, k);
         const int h = kSplit ? s & 1 : 0;
         for (int m = 0; m < NT; ++m) p[r][m][h] = dp(s < kH ? _mm512_setzero_ps() : p[r][m][h], wv, av[m]);
       }
@@ -99,8 +114,8 @@ constexpr int64_t kRowStep = 16;  // rows whose packed bytes stay in L1 while to
 constexpr int kTokenGroup = 4;
 
 // Rows [r0, r1) (at most kRowStep) for NT token rows, K in slabs of 16 KiB of activations (L1).
-template <int NT>
-M6K_TARGET void rows_loop(const Mx6Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t Kp, float alpha,
+template <int kBits, int NT>
+MXW_TARGET void rows_loop(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t Kp, float alpha,
                           const float* bias, float* y, int64_t ldy, const Consts& k) {
   constexpr int R = NT == 1 ? 4 : 2;
   constexpr int64_t kSlabChunks = std::max<int64_t>(1, 16384 / (NT * 2 * 128));
@@ -109,24 +124,29 @@ M6K_TARGET void rows_loop(const Mx6Weight& w, int64_t r0, int64_t r1, const uint
   for (int64_t c0 = 0; c0 < nch; c0 += kSlabChunks) {
     const int64_t c1 = std::min(nch, c0 + kSlabChunks);
     int64_t j = r0;
-    for (; j + R <= r1; j += R) rows_kernel<R, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
-    for (; j < r1; ++j) rows_kernel<1, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
+    for (; j + R <= r1; j += R) rows_kernel<kBits, R, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
+    for (; j < r1; ++j) rows_kernel<kBits, 1, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
   }
   for (int64_t j = r0; j < r1; ++j)
     for (int m = 0; m < NT; ++m) y[m * ldy + j] = part[(j - r0) * 8 + m] * alpha + (bias ? bias[j] : 0.0f);
 }
 
-M6K_TARGET void gemv_avx512(const Mx6Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+template <int kBits>
+MXW_TARGET void gemv_avx512(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
                             const float* bias, float* y, int64_t ldy) {
   Consts k;
   alignas(64) uint8_t idx[4][64];
-  constexpr int kOff[4] = {0, 0, 1, 2};  // byte of group w holding the low bits of code s
+  constexpr int kOff[4] = {0, 0, 1, 2};  // 6-bit: byte of group w holding the low bits of code s
   for (int s = 0; s < 4; ++s)
-    for (int wl = 0; wl < 32; ++wl) idx[s][2 * wl] = uint8_t(3 * wl + kOff[s]), idx[s][2 * wl + 1] = uint8_t(3 * wl + kOff[s] + 1);
+    for (int wl = 0; wl < 32; ++wl) {
+      idx[s][2 * wl] = uint8_t(kBits == 6 ? 3 * wl + kOff[s] : 4 * wl + s);
+      idx[s][2 * wl + 1] = uint8_t(kBits == 6 ? 3 * wl + kOff[s] + 1 : 0);  // 8-bit: masked to zero
+    }
   for (int s = 0; s < 4; ++s) k.byte_idx[s] = _mm512_load_si512(idx[s]);
-  alignas(64) uint16_t tab[64];
-  for (int c = 0; c < 64; ++c) tab[c] = f32_to_bf16(decode_table(w.element)[c]);  // at most 4 significant bits: exact
-  k.tab0 = _mm512_load_si512(tab), k.tab1 = _mm512_load_si512(tab + 32);
+  // Finite element values have at most 4 significant bits and lie in [2^-16, 57344]: normal bf16.
+  alignas(64) uint16_t tab[128];
+  for (int c = 0; c < 128; ++c) tab[c] = f32_to_bf16(decode_table(w.element)[c % (1 << kBits)]);
+  for (int i = 0; i < 4; ++i) k.tab[i] = _mm512_load_si512(tab + 32 * i);
   k.sidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const int64_t Kp = fp4_act_stride(w.K);
   for (int64_t j0 = r0; j0 < r1; j0 += kRowStep) {
@@ -135,10 +155,10 @@ M6K_TARGET void gemv_avx512(const Mx6Weight& w, int64_t r0, int64_t r1, const ui
       const uint16_t* a = ap + m0 * Kp;
       float* yy = y + m0 * ldy;
       switch (std::min<int64_t>(kTokenGroup, n - m0)) {
-        case 1: rows_loop<1>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 2: rows_loop<2>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 3: rows_loop<3>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 4: rows_loop<4>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 1: rows_loop<kBits, 1>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 2: rows_loop<kBits, 2>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 3: rows_loop<kBits, 3>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 4: rows_loop<kBits, 4>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
         default: break;  // n - m0 >= 1 and at most kTokenGroup
       }
     }
@@ -149,18 +169,22 @@ M6K_TARGET void gemv_avx512(const Mx6Weight& w, int64_t r0, int64_t r1, const ui
 inline int64_t packed_pos16(int64_t c) { return c / 128 * 128 + 32 * (c % 4) + (c % 128) / 4; }
 
 // Element by element in column order, as the ref backend sums.
-void gemv_scalar(const Mx6Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+void gemv_scalar(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
                  const float* bias, float* y, int64_t ldy) {
   const float* lut = decode_table(w.element);
   const float* st = decode_table(Encoding::UE8M0);
-  const int64_t rb = w.K * 3 / 4, nb = w.K / kBlock, Kp = fp4_act_stride(w.K);
+  const int bits = traits(w.element).bits;
+  const int64_t rb = w.K * bits / 8, nb = w.K / kBlock, Kp = fp4_act_stride(w.K);
   for (int64_t j = r0; j < r1; ++j)
     for (int64_t m = 0; m < n; ++m) {
       float acc = 0;
       for (int64_t c = 0; c < w.K; ++c) {
-        const uint8_t* g = w.codes + j * rb + c / 4 * 3;
-        const uint32_t bits = uint32_t(g[0]) | uint32_t(g[1]) << 8 | uint32_t(g[2]) << 16;
-        const float v = lut[(bits >> (6 * (c % 4))) & 0x3f] * st[w.scales[j * nb + c / kBlock]];
+        uint32_t code = w.codes[j * rb + c];
+        if (bits == 6) {
+          const uint8_t* g = w.codes + j * rb + c / 4 * 3;
+          code = ((uint32_t(g[0]) | uint32_t(g[1]) << 8 | uint32_t(g[2]) << 16) >> (6 * (c % 4))) & 0x3f;
+        }
+        const float v = lut[code] * st[w.scales[j * nb + c / kBlock]];
         acc += bf16_to_f32(ap[m * Kp + packed_pos16(c)]) * v;
       }
       y[m * ldy + j] = acc * alpha + (bias ? bias[j] : 0.0f);
@@ -177,12 +201,14 @@ bool cpu_has_vbmi() {
 
 }  // namespace
 
-void mx6_gemv_bf16(const Mx6Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
-                   const float* bias, float* y, int64_t ldy, bool allow_simd) {
+void mx_gemv_bf16(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+                  const float* bias, float* y, int64_t ldy, bool allow_simd) {
   if (r1 <= r0 || n <= 0) return;
   const bool daz = (_mm_getcsr() & 0x0040) != 0;  // the scale decode relies on float32 subnormals
-  if (allow_simd && fp4_bf16_dot_active() && cpu_has_vbmi() && !daz && w.K % kBlock == 0)
-    return gemv_avx512(w, r0, r1, ap, n, alpha, bias, y, ldy);
+  if (allow_simd && fp4_bf16_dot_active() && cpu_has_vbmi() && !daz && w.K % kBlock == 0) {
+    if (traits(w.element).bits == 6) return gemv_avx512<6>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+    return gemv_avx512<8>(w, r0, r1, ap, n, alpha, bias, y, ldy);
+  }
   gemv_scalar(w, r0, r1, ap, n, alpha, bias, y, ldy);
 }
 

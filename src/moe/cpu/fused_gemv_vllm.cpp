@@ -66,7 +66,8 @@ VLK_TARGET void to_pair_layout(const uint16_t* ap, int64_t n, int64_t Kp, uint16
 // The table rows of two scale codes, in the low and high halves of one register.
 VLK_INLINE __m512i table_rows(const Nvfp4VllmTable& t, uint8_t s0, uint8_t s1) {
   const __m256i lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.w[s0]));
-  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_load_si256(reinterpret_cast<const __m256i*>(t.w[s1])), 1);
+  const __m256i hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.w[s1]));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
 // One 128-column chunk `ch` of R weight rows from row j times NT token rows of the pair-layout

@@ -10,9 +10,9 @@ namespace mxmoe::moe::cpu {
 enum class GemmPath : uint8_t {
   Fused,      // FP4 weights decoded in registers and FMA'd with the token rows (fp4_gemv); with many
               // tokens and bf16 activations a decoded bf16 panel + dot-product GEMM (use_panel)
-  FusedMx6,   // MXFP6 weights decoded in registers (mx6_gemv_bf16); bf16-exact activations, else
-              // the unfused path
-  DecodeDot,  // 16 weight rows decoded to an L1 buffer, then dot products (few tokens, 8-bit, dense)
+  FusedMx,    // MXFP6 / MXFP8 weights decoded in registers (mx_gemv_bf16); bf16-exact activations,
+              // else the unfused path
+  DecodeDot,  // 16 weight rows decoded to an L1 buffer, then dot products (few tokens, MXINT8, dense)
   Sgemm,      // a 64-row tile decoded to float32 once, then OpenBLAS sgemm over all token rows
 };
 
@@ -37,19 +37,21 @@ inline bool use_panel(bool vllm_nvfp4, int64_t tokens) {
 // table (n = 1: 58 us vs 101 us for the two-table fused kernel, n = 4: 125 vs 257; same run).
 inline bool use_vllm_table(bool vllm_nvfp4, int64_t tokens) { return vllm_nvfp4 && !use_panel(true, tokens); }
 
-// Fused MXFP6 up to this many token rows per expert (decoded again for every 4 tokens): Qwen3
+// Fused MXFP6 / MXFP8 up to this many token rows per expert (decoded again for every 4 tokens): Qwen3
 // w_mxfp6_e2m3_a_mxfp6_e2m3 exact, 2 threads, T = 64 (~4 per expert): 37 ms vs 150 ms with 16-row
-// decode + dot, T = 512 (~32 per expert): 252 ms vs 388-400 ms with the float32 tile + sgemm.
+// decode + dot, T = 512 (~32 per expert): 252 ms vs 388-400 ms with the float32 tile + sgemm;
+// 1 thread, vllm, T = 512: w_mxfp8_e4m3_a16 463-480 vs 667-717 ms, MXFP6 417-474 vs 729-732 ms.
 // Beyond 64 it is unmeasured.
-inline constexpr int64_t kFusedMx6MaxTokens = 64;
+inline constexpr int64_t kFusedMxMaxTokens = 64;
 
 inline GemmPath unfused_path(int64_t tokens) {
   return tokens <= kDecodeDotMaxTokens ? GemmPath::DecodeDot : GemmPath::Sgemm;
 }
-// weight_bits: the element bits of packed weights (4: FP4, 6: MXFP6), 0 for dense ones.
-inline GemmPath choose_path(int weight_bits, int64_t tokens) {
-  if (weight_bits == 4 && tokens <= kFusedMaxTokens) return GemmPath::Fused;
-  if (weight_bits == 6 && tokens <= kFusedMx6MaxTokens) return GemmPath::FusedMx6;
+// fused_bits: the element bits of packed weights a fused kernel takes (4: FP4, 6: MXFP6, 8: MXFP8),
+// else 0.
+inline GemmPath choose_path(int fused_bits, int64_t tokens) {
+  if (fused_bits == 4 && tokens <= kFusedMaxTokens) return GemmPath::Fused;
+  if ((fused_bits == 6 || fused_bits == 8) && tokens <= kFusedMxMaxTokens) return GemmPath::FusedMx;
   return unfused_path(tokens);
 }
 

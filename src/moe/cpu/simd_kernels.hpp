@@ -103,12 +103,12 @@ void nvfp4_vllm_table(float gs, Nvfp4VllmTable* t);
 void fp4_gemv_vllm_table(const Fp4Weight& w, const Nvfp4VllmTable& t, int64_t r0, int64_t r1, const uint16_t* ap,
                          int64_t n, float alpha, const float* bias, float* y, int64_t ldy);
 
-// ---- fused decode + GEMV for MXFP6 weights, few token rows (fused_gemv_mx6.cpp) -----------------
-struct Mx6Weight {
-  const uint8_t* codes;   // [N, K * 3 / 4]: 4 codes per little-endian 24-bit group
+// ---- fused decode + GEMV for MXFP6 / MXFP8 weights, few token rows (fused_gemv_mx.cpp) ----------
+struct MxWeight {
+  const uint8_t* codes;   // [N, K * bits / 8]; 6-bit: 4 codes per little-endian 24-bit group
   const uint8_t* scales;  // [N, K / 32], UE8M0
   int64_t K;
-  Encoding element;       // E2M3 or E3M2
+  Encoding element;       // E2M3, E3M2 (6-bit), E4M3 or E5M2 (8-bit)
 };
 // y[m * ldy + j] = alpha * sum_c a[m, c] * w[j, c] + (bias ? bias[j] : 0) for rows j in [r0, r1),
 // any n token rows in the bf16 layout of fp4_pack_activations_bf16; weights element * scale (exact
@@ -116,7 +116,7 @@ struct Mx6Weight {
 // VBMI, no DAZ, K % 32 == 0): per float lane the products of 8 columns of one block are summed by
 // vdpbf16ps, multiplied by the block scale, accumulated over chunks and tree-reduced. Scalar path:
 // element by element in column order (as the ref backend).
-void mx6_gemv_bf16(const Mx6Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
-                   const float* bias, float* y, int64_t ldy, bool allow_simd = true);
+void mx_gemv_bf16(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+                  const float* bias, float* y, int64_t ldy, bool allow_simd = true);
 
 }  // namespace mxmoe::moe::cpu
