@@ -1,5 +1,6 @@
-// The fused MXFP6 / MXFP8 kernel (src/moe/cpu/fused_gemv_mx.cpp) on fresh random inputs: against a
-// float64 dot of decode_wide_row's weights within the float32 accumulation bound
+// The fused MXFP6 / MXFP8 kernel (src/moe/cpu/fused_gemv_mx.cpp), bf16 and float32 activations, on
+// fresh random inputs: against a float64 dot of decode_wide_row's weights within the float32
+// accumulation bound
 // |d| <= 2 K u sum_c |a_c w_c| (u = 2^-24) and against its scalar column-order path, with poisoned
 // outputs, odd K / row / token counts, NaN scales and (8-bit) special codes; and the cpu backend
 // against ref on MXFP6 / MXFP8 layers at few tokens, both modes.
@@ -33,17 +34,25 @@ void check_mx_gemv(Encoding element, int64_t K, int64_t N, int64_t r0, int64_t r
   if (nan_scale) scales[size_t(r0 * nb + nb / 2)] = 0xff;  // a NaN block in row r0
   std::normal_distribution<float> nd;
   std::vector<float> a(size_t(n * K)), bias(static_cast<size_t>(N));
-  for (auto& v : a) v = bf16_to_f32(f32_to_bf16(nd(g)));
   for (auto& v : bias) v = nd(g);
+  // Odd tokens: bf16 activations (the dot-product kernel); even: float32 ones (the FMA variant).
+  const bool f32 = n % 2 == 0;
+  for (auto& v : a) v = f32 ? nd(g) : bf16_to_f32(f32_to_bf16(nd(g)));
   std::vector<uint16_t> ap16(size_t(n * Kp));
-  ASSERT_TRUE(cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
+  std::vector<float> apf(size_t(n * Kp));
+  if (f32) cpu::fp4_pack_activations(a.data(), n, K, apf.data());
+  else ASSERT_TRUE(cpu::fp4_pack_activations_bf16(a.data(), n, K, ap16.data()));
   const cpu::MxWeight w{codes.data(), scales.data(), K, element};
-  const bool with_bias = n % 2 == 1;
+  const bool with_bias = n % 3 != 0;
   const float alpha = 0.75f, *b = with_bias ? bias.data() : nullptr;
   std::vector<float> y(size_t(n * ldy), NAN), ys(size_t(n * ldy), NAN);
-  cpu::mx_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, b, y.data(), ldy);
-  cpu::mx_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, b, ys.data(), ldy, false);
-  const std::string what = std::string(traits(element).name) + " K " + std::to_string(K) + " n " + std::to_string(n);
+  for (bool simd : {true, false}) {
+    float* out = simd ? y.data() : ys.data();
+    if (f32) cpu::mx_gemv(w, r0, r1, apf.data(), n, alpha, b, out, ldy, simd);
+    else cpu::mx_gemv_bf16(w, r0, r1, ap16.data(), n, alpha, b, out, ldy, simd);
+  }
+  const std::string what = std::string(traits(element).name) + " K " + std::to_string(K) + " n " + std::to_string(n) +
+                           (f32 ? " f32" : " bf16");
   std::vector<float> row(static_cast<size_t>(K)), mult(static_cast<size_t>(nb));
   for (int64_t j = 0; j < ldy; ++j) {
     if (j < r0 || j >= r1) {
@@ -77,7 +86,7 @@ TEST(MxGemv, MatchesRowDecodeWithinAccumulationBound) {
   for (Encoding e : {Encoding::E2M3, Encoding::E3M2, Encoding::E4M3, Encoding::E5M2})
     for (int64_t K : {int64_t(32 * 3), int64_t(32 * 37), int64_t(2048), int64_t(2880)})
       for (auto [N, r0, r1] : {std::tuple<int64_t, int64_t, int64_t>{23, 3, 22}, {40, 0, 40}, {7, 2, 3}})
-        for (int64_t n : {1, 2, 3, 4, 5, 8, 9}) check_mx_gemv(e, K, N, r0, r1, n, n == 3, g);
+        for (int64_t n : {1, 2, 3, 4, 5, 8, 9}) check_mx_gemv(e, K, N, r0, r1, n, n == 3 || n == 4, g);
 }
 
 // One-hot activation rows: each output is the single product 1 * w[j, c], so the kernel's weights
@@ -106,8 +115,7 @@ TEST(MxGemv, WeightsMatchRowDecodeBitwise) {
 }
 
 // Whole MXFP6 / MXFP8 layers at few tokens per expert (the fused kernel) against the ref backend,
-// both modes, fresh inputs per T (w_mxfp8_e4m3_a16 exact: GEMM2's float32 activations take the
-// unfused path).
+// both modes, fresh inputs per T (w_mxfp8_e4m3_a16 exact: GEMM2's float32 activations take mx_gemv).
 TEST(MxGemv, LayerMatchesRefAtFewTokens) {
   for (const char* name :
        {"w_mxfp6_e2m3_a_mxfp6_e2m3", "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp6_e3m2_a_fp8", "w_mxfp8_e4m3_a16"}) {

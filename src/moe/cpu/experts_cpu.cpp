@@ -2,7 +2,7 @@
 // (heuristics.hpp): FP4 weights with few tokens per expert run the fused decode+FMA kernel
 // (fp4_gemv; vllm NVFP4 through a bf16 weight table, fp4_gemv_vllm_table; from use_panel tokens, a
 // bf16 panel decoded once per 64-row tile and a dot-product GEMM, fp4_gemm_panel_bf16); MXFP6 / MXFP8
-// weights with bf16 activations the fused mx_gemv_bf16; other few-token tasks decode 16 weight rows at a time
+// weights the fused mx_gemv_bf16 / mx_gemv; other few-token tasks decode 16 weight rows at a time
 // into an L1 buffer and take dot products; many-token tasks decode a 64-row tile to float32 and call
 // OpenBLAS sgemm. Threads (the caller and work_pool helpers; OMP_NUM_THREADS sets the count) take
 // (expert, row tile) items from one shared list.
@@ -112,9 +112,7 @@ class CpuExperts final : public ExpertsBackend {
         const GemmTask& g = tasks[t];
         const int64_t K = g.w->in_features();
         plans[t].bf16 = dot16 && cpu::fp4_pack_activations_bf16(g.a, g.n, K, packed16 + plans[t].act_off);
-        // MXFP6 / MXFP8 have no float32 fused kernel: without bf16 activations, the unfused path (g.a).
-        if (!plans[t].bf16 && plans[t].path == cpu::GemmPath::Fused)
-          cpu::fp4_pack_activations(g.a, g.n, K, packed + plans[t].act_off);
+        if (!plans[t].bf16) cpu::fp4_pack_activations(g.a, g.n, K, packed + plans[t].act_off);
         else if (plans[t].table >= 0) cpu::nvfp4_vllm_table(g.w->packed->params.global_scale, tables + plans[t].table);
         pack_state[t].store(2, std::memory_order_release);
         return;
@@ -129,8 +127,7 @@ class CpuExperts final : public ExpertsBackend {
         const GemmTask& t = tasks[items[i].task];
         const int64_t N = t.w->out_features(), K = t.w->in_features(), r0 = items[i].r0;
         const int64_t nr = std::min(cpu::kTileRows, N - r0);
-        const bool mx_unfused = p.path == cpu::GemmPath::FusedMx && !p.bf16;
-        switch (mx_unfused ? cpu::unfused_path(t.n) : p.path) {
+        switch (p.path) {
           case cpu::GemmPath::Fused: {
             float wa = 1.0f;
             const cpu::Fp4Weight w = fp4_view(*t.w, e, &wa);
@@ -148,8 +145,9 @@ class CpuExperts final : public ExpertsBackend {
           }
           case cpu::GemmPath::FusedMx: {
             const QuantizedTensor& q = *t.w->packed;
-            cpu::mx_gemv_bf16({q.codes.ptr<uint8_t>(), q.scales.ptr<uint8_t>(), K, traits(q.params.scheme).element}, r0,
-                              r0 + nr, packed16 + p.act_off, t.n, t.a_alpha, t.bias, t.y, N);
+            const cpu::MxWeight w{q.codes.ptr<uint8_t>(), q.scales.ptr<uint8_t>(), K, traits(q.params.scheme).element};
+            if (p.bf16) cpu::mx_gemv_bf16(w, r0, r0 + nr, packed16 + p.act_off, t.n, t.a_alpha, t.bias, t.y, N);
+            else cpu::mx_gemv(w, r0, r0 + nr, packed + p.act_off, t.n, t.a_alpha, t.bias, t.y, N);
             break;
           }
           case cpu::GemmPath::DecodeDot: {

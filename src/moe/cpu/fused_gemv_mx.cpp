@@ -9,13 +9,16 @@
 // bits 0-5). 8-bit: byte 4w + s into word w (zero high byte), two vpermt2w over the 128 magnitudes
 // chosen by bit 6, and the sign bit moved to bit 15. As in the FP4 kernels, float lane l of vdpbf16ps
 // covers columns 8l..8l+7 of one block: the lane sums of a chunk are multiplied by the block scales
-// once.
+// once. Float32 activations (fp4_pack_activations: column 8l + s at 16s + l): the even 16-bit lanes
+// of vector s widened to float32 are columns 8l + s, the odd ones 8l + 4 + s, so two FMAs with float
+// vectors s and s + 4 replace the dot product and the lane / scale structure is unchanged.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "moe/cpu/heuristics.hpp"
 #include "moe/cpu/simd_kernels.hpp"
@@ -64,8 +67,8 @@ MXW_INLINE __m512 scale_vec(const uint8_t* srow, int64_t ch, int64_t nb, const C
 
 // R weight rows x NT token rows from row j, chunks [ch0, ch1): part[r * 8 + m] += the partial dot
 // products.
-template <int kBits, int R, int NT>
-MXW_INLINE void rows_kernel(const MxWeight& w, int64_t j, const uint16_t* ap, int64_t Kp, int64_t ch0, int64_t ch1,
+template <int kBits, class A, int R, int NT>
+MXW_INLINE void rows_kernel(const MxWeight& w, int64_t j, const A* ap, int64_t Kp, int64_t ch0, int64_t ch1,
                             float* part, const Consts& k) {
   constexpr int64_t kChunkBytes = 128 * kBits / 8;
   const int64_t rb = w.K * kBits / 8, nb = w.K / kBlock;
@@ -89,17 +92,25 @@ MXW_INLINE void rows_kernel(const MxWeight& w, int64_t j, const uint16_t* ap, in
       hi[r] = _mm512_maskz_loadu_epi8(m1, cp + 64);
       sc[r] = scale_vec(w.scales + (j + r) * nb, ch, nb, k);
     }
-    const uint16_t* a = ap + ch * 128;
+    const A* a = ap + ch * 128;
     __m512 p[R][NT][kH];
 #pragma GCC unroll 4
     for (int s = 0; s < 4; ++s) {
-      __m512i av[NT];
-      for (int m = 0; m < NT; ++m) av[m] = _mm512_loadu_si512(a + m * Kp + 32 * s);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         const __m512i wv = decode32<kBits>(lo[r], hi[r], s, k);
         const int h = kSplit ? s & 1 : 0;
-        for (int m = 0; m < NT; ++m) p[r][m][h] = dp(s < kH ? _mm512_setzero_ps() : p[r][m][h], wv, av[m]);
+        for (int m = 0; m < NT; ++m) {
+          const __m512 p0 = s < kH ? _mm512_setzero_ps() : p[r][m][h];
+          if constexpr (std::is_same_v<A, uint16_t>) {
+            p[r][m][h] = dp(p0, wv, _mm512_loadu_si512(a + m * Kp + 32 * s));
+          } else {
+            const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16));
+            const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(wv, _mm512_set1_epi32(int(0xffff0000u))));
+            p[r][m][h] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(a + m * Kp + 16 * (s + 4)),
+                                         _mm512_fmadd_ps(we, _mm512_loadu_ps(a + m * Kp + 16 * s), p0));
+          }
+        }
       }
     }
     for (int r = 0; r < R; ++r)
@@ -114,25 +125,25 @@ constexpr int64_t kRowStep = 16;  // rows whose packed bytes stay in L1 while to
 constexpr int kTokenGroup = 4;
 
 // Rows [r0, r1) (at most kRowStep) for NT token rows, K in slabs of 16 KiB of activations (L1).
-template <int kBits, int NT>
-MXW_TARGET void rows_loop(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t Kp, float alpha,
+template <int kBits, class A, int NT>
+MXW_TARGET void rows_loop(const MxWeight& w, int64_t r0, int64_t r1, const A* ap, int64_t Kp, float alpha,
                           const float* bias, float* y, int64_t ldy, const Consts& k) {
   constexpr int R = NT == 1 ? 4 : 2;
-  constexpr int64_t kSlabChunks = std::max<int64_t>(1, 16384 / (NT * 2 * 128));
+  constexpr int64_t kSlabChunks = std::max<int64_t>(1, 16384 / (NT * int64_t(sizeof(A)) * 128));
   float part[kRowStep * 8] = {};
   const int64_t nch = Kp / 128;
   for (int64_t c0 = 0; c0 < nch; c0 += kSlabChunks) {
     const int64_t c1 = std::min(nch, c0 + kSlabChunks);
     int64_t j = r0;
-    for (; j + R <= r1; j += R) rows_kernel<kBits, R, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
-    for (; j < r1; ++j) rows_kernel<kBits, 1, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
+    for (; j + R <= r1; j += R) rows_kernel<kBits, A, R, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
+    for (; j < r1; ++j) rows_kernel<kBits, A, 1, NT>(w, j, ap, Kp, c0, c1, part + (j - r0) * 8, k);
   }
   for (int64_t j = r0; j < r1; ++j)
     for (int m = 0; m < NT; ++m) y[m * ldy + j] = part[(j - r0) * 8 + m] * alpha + (bias ? bias[j] : 0.0f);
 }
 
-template <int kBits>
-MXW_TARGET void gemv_avx512(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+template <int kBits, class A>
+MXW_TARGET void gemv_avx512(const MxWeight& w, int64_t r0, int64_t r1, const A* ap, int64_t n, float alpha,
                             const float* bias, float* y, int64_t ldy) {
   Consts k;
   alignas(64) uint8_t idx[4][64];
@@ -152,24 +163,28 @@ MXW_TARGET void gemv_avx512(const MxWeight& w, int64_t r0, int64_t r1, const uin
   for (int64_t j0 = r0; j0 < r1; j0 += kRowStep) {
     const int64_t j1 = std::min(r1, j0 + kRowStep);
     for (int64_t m0 = 0; m0 < n; m0 += kTokenGroup) {
-      const uint16_t* a = ap + m0 * Kp;
+      const A* a = ap + m0 * Kp;
       float* yy = y + m0 * ldy;
       switch (std::min<int64_t>(kTokenGroup, n - m0)) {
-        case 1: rows_loop<kBits, 1>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 2: rows_loop<kBits, 2>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 3: rows_loop<kBits, 3>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 4: rows_loop<kBits, 4>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 1: rows_loop<kBits, A, 1>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 2: rows_loop<kBits, A, 2>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 3: rows_loop<kBits, A, 3>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
+        case 4: rows_loop<kBits, A, 4>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
         default: break;  // n - m0 >= 1 and at most kTokenGroup
       }
     }
   }
 }
 
-// Column c of a row in the bf16 activation layout.
-inline int64_t packed_pos16(int64_t c) { return c / 128 * 128 + 32 * (c % 4) + (c % 128) / 4; }
+// Column c of a row in the bf16 activation layout (uint16_t) or the float32 one.
+inline int64_t packed_pos(const uint16_t*, int64_t c) { return c / 128 * 128 + 32 * (c % 4) + (c % 128) / 4; }
+inline int64_t packed_pos(const float*, int64_t c) { return c / 128 * 128 + 16 * (c % 8) + (c % 128) / 8; }
+inline float act_value(uint16_t v) { return bf16_to_f32(v); }
+inline float act_value(float v) { return v; }
 
 // Element by element in column order, as the ref backend sums.
-void gemv_scalar(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+template <class A>
+void gemv_scalar(const MxWeight& w, int64_t r0, int64_t r1, const A* ap, int64_t n, float alpha,
                  const float* bias, float* y, int64_t ldy) {
   const float* lut = decode_table(w.element);
   const float* st = decode_table(Encoding::UE8M0);
@@ -185,7 +200,7 @@ void gemv_scalar(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, 
           code = ((uint32_t(g[0]) | uint32_t(g[1]) << 8 | uint32_t(g[2]) << 16) >> (6 * (c % 4))) & 0x3f;
         }
         const float v = lut[code] * st[w.scales[j * nb + c / kBlock]];
-        acc += bf16_to_f32(ap[m * Kp + packed_pos16(c)]) * v;
+        acc += act_value(ap[m * Kp + packed_pos(ap, c)]) * v;
       }
       y[m * ldy + j] = acc * alpha + (bias ? bias[j] : 0.0f);
     }
@@ -201,8 +216,11 @@ bool cpu_has_vbmi() {
 
 }  // namespace
 
-void mx_gemv_bf16(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
-                  const float* bias, float* y, int64_t ldy, bool allow_simd) {
+namespace {
+
+template <class A>
+void mx_gemv_any(const MxWeight& w, int64_t r0, int64_t r1, const A* ap, int64_t n, float alpha, const float* bias,
+                 float* y, int64_t ldy, bool allow_simd) {
   if (r1 <= r0 || n <= 0) return;
   const bool daz = (_mm_getcsr() & 0x0040) != 0;  // the scale decode relies on float32 subnormals
   if (allow_simd && fp4_bf16_dot_active() && cpu_has_vbmi() && !daz && w.K % kBlock == 0) {
@@ -210,6 +228,18 @@ void mx_gemv_bf16(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap,
     return gemv_avx512<8>(w, r0, r1, ap, n, alpha, bias, y, ldy);
   }
   gemv_scalar(w, r0, r1, ap, n, alpha, bias, y, ldy);
+}
+
+}  // namespace
+
+void mx_gemv_bf16(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
+                  const float* bias, float* y, int64_t ldy, bool allow_simd) {
+  mx_gemv_any(w, r0, r1, ap, n, alpha, bias, y, ldy, allow_simd);
+}
+
+void mx_gemv(const MxWeight& w, int64_t r0, int64_t r1, const float* ap, int64_t n, float alpha, const float* bias,
+             float* y, int64_t ldy, bool allow_simd) {
+  mx_gemv_any(w, r0, r1, ap, n, alpha, bias, y, ldy, allow_simd);
 }
 
 }  // namespace mxmoe::moe::cpu

@@ -10,8 +10,7 @@ namespace mxmoe::moe::cpu {
 enum class GemmPath : uint8_t {
   Fused,      // FP4 weights decoded in registers and FMA'd with the token rows (fp4_gemv); with many
               // tokens and bf16 activations a decoded bf16 panel + dot-product GEMM (use_panel)
-  FusedMx,    // MXFP6 / MXFP8 weights decoded in registers (mx_gemv_bf16); bf16-exact activations,
-              // else the unfused path
+  FusedMx,    // MXFP6 / MXFP8 weights decoded in registers (mx_gemv_bf16, mx_gemv)
   DecodeDot,  // 16 weight rows decoded to an L1 buffer, then dot products (few tokens, MXINT8, dense)
   Sgemm,      // a 64-row tile decoded to float32 once, then OpenBLAS sgemm over all token rows
 };
@@ -44,15 +43,12 @@ inline bool use_vllm_table(bool vllm_nvfp4, int64_t tokens) { return vllm_nvfp4 
 // Beyond 64 it is unmeasured.
 inline constexpr int64_t kFusedMxMaxTokens = 64;
 
-inline GemmPath unfused_path(int64_t tokens) {
-  return tokens <= kDecodeDotMaxTokens ? GemmPath::DecodeDot : GemmPath::Sgemm;
-}
 // fused_bits: the element bits of packed weights a fused kernel takes (4: FP4, 6: MXFP6, 8: MXFP8),
 // else 0.
 inline GemmPath choose_path(int fused_bits, int64_t tokens) {
   if (fused_bits == 4 && tokens <= kFusedMaxTokens) return GemmPath::Fused;
   if ((fused_bits == 6 || fused_bits == 8) && tokens <= kFusedMxMaxTokens) return GemmPath::FusedMx;
-  return unfused_path(tokens);
+  return tokens <= kDecodeDotMaxTokens ? GemmPath::DecodeDot : GemmPath::Sgemm;
 }
 
 // Software prefetch distance of the fused FP4 kernels: short rows defeat the hardware prefetcher

@@ -118,5 +118,9 @@ struct MxWeight {
 // element by element in column order (as the ref backend).
 void mx_gemv_bf16(const MxWeight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
                   const float* bias, float* y, int64_t ldy, bool allow_simd = true);
+// The same with float32 activations in the layout of fp4_pack_activations (any values): per lane two
+// FMAs per 4 columns instead of one dot product, then the same scale and reduction steps.
+void mx_gemv(const MxWeight& w, int64_t r0, int64_t r1, const float* ap, int64_t n, float alpha, const float* bias,
+             float* y, int64_t ldy, bool allow_simd = true);
 
 }  // namespace mxmoe::moe::cpu
