@@ -39,8 +39,9 @@ inline bool use_vllm_table(bool vllm_nvfp4, int64_t tokens) { return vllm_nvfp4 
 // Fused MXFP6 / MXFP8 up to this many token rows per expert (decoded again for every 4 tokens): Qwen3
 // w_mxfp6_e2m3_a_mxfp6_e2m3 exact, 2 threads, T = 64 (~4 per expert): 37 ms vs 150 ms with 16-row
 // decode + dot, T = 512 (~32 per expert): 252 ms vs 388-400 ms with the float32 tile + sgemm;
-// 1 thread, vllm, T = 512: w_mxfp8_e4m3_a16 463-480 vs 667-717 ms, MXFP6 417-474 vs 729-732 ms.
-// Beyond 64 it is unmeasured.
+// 1 thread, vllm, T = 512: w_mxfp8_e4m3_a16 463-480 vs 667-717 ms, MXFP6 417-474 vs 729-732 ms;
+// exact w_mxfp8_e4m3_a16 (GEMM2 with float32 activations, mx_gemv vs sgemm): 503-526 vs 498-503 ms,
+// even. Beyond 64 it is unmeasured.
 inline constexpr int64_t kFusedMxMaxTokens = 64;
 
 // fused_bits: the element bits of packed weights a fused kernel takes (4: FP4, 6: MXFP6, 8: MXFP8),
