@@ -11,9 +11,13 @@ namespace mxmoe {
 class Error : public std::runtime_error {
  public:
   Error(const char* file, int line, const std::string& msg)
-      : std::runtime_error(fmt::format("{} ({}:{})", msg, short_file(file), line)) {}
+      : std::runtime_error(fmt::format("{} ({}:{})", msg, short_file(file), line)), message_(msg) {}
+  // The message without the file:line, for output where the failure is expected (an informational line).
+  const std::string& message() const { return message_; }
 
  private:
+  std::string message_;
+
   static const char* short_file(const char* f) {
     // Keep the path from the repository root: "src/io/safetensors.cpp" rather than an absolute path.
     const char* best = f;

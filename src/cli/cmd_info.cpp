@@ -65,7 +65,7 @@ void run_inspect(const InspectArgs& a) {
     }(), li.layout);
     fmt::print("quantized linears: {}\n", linears.size());
   } catch (const Error& e) {
-    fmt::print("layout: none detected: {}\n", e.what());
+    fmt::print("layout: none detected: {}\n", e.message());
   }
 }
 

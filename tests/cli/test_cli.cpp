@@ -298,6 +298,7 @@ TEST_F(CliTest, InspectFile) {
   r = run(fmt::format("inspect '{}'", path("in.safetensors")));
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_CONTAINS(r.out, "layout: none detected");
+  EXPECT_EQ(r.out.find(".cpp:"), std::string::npos) << "an expected outcome prints no source location: " << r.out;
 }
 
 TEST_F(CliTest, InspectGoldenDirectories) {
