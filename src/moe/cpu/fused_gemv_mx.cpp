@@ -194,10 +194,12 @@ void gemv_scalar(const MxWeight& w, int64_t r0, int64_t r1, const A* ap, int64_t
     for (int64_t m = 0; m < n; ++m) {
       float acc = 0;
       for (int64_t c = 0; c < w.K; ++c) {
-        uint32_t code = w.codes[j * rb + c];
-        if (bits == 6) {
+        uint32_t code;
+        if (bits == 6) {  // 4 codes per 3 bytes
           const uint8_t* g = w.codes + j * rb + c / 4 * 3;
           code = ((uint32_t(g[0]) | uint32_t(g[1]) << 8 | uint32_t(g[2]) << 16) >> (6 * (c % 4))) & 0x3f;
+        } else {
+          code = w.codes[j * rb + c];
         }
         const float v = lut[code] * st[w.scales[j * nb + c / kBlock]];
         acc += act_value(ap[m * Kp + packed_pos(ap, c)]) * v;
