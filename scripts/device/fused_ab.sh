@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B runs of the fused small-T kernel (sm90_fp4_moe_fused.cu): build, then the Qwen3 layer at small T
-# with per-stage times (--stages 1) for the default plan and the variants named by env (item order,
-# K split), and the multi-kernel forward beside it.   run: bash scripts/device/fused_ab.sh  (carry: [".devdeps"])
+# with per-stage times (--stages 1) for the default plan and the K-split variants, and the multi-kernel
+# forward beside it.   run: bash scripts/device/fused_ab.sh  (carry: [".devdeps"])
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/device}
@@ -14,7 +14,6 @@ B="$BUILD/bench_moe_cuda --shape ${SHAPE:-qwen3-30b-a3b} --tokens ${TOKENS:-1,2,
 run() { echo "== $1"; shift; env "$@" timeout 60 $B --paths auto --stages 1 | grep -v "^shape\|^copy"; }
 {
   run default
-  run strided MXMOE_CUDA_FUSED_STRIDED=1
   for ks in 1 2 4 8; do run "ksplit $ks" MXMOE_CUDA_FUSED_KSPLIT=$ks; done
   echo "== multi"; timeout 60 $B --paths multi | grep -v "^shape\|^copy"
 } 2>&1 | tee "$OUT/fused_ab.txt"

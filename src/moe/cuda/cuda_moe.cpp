@@ -329,7 +329,7 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
     fa.g2.a_sc = sc2;
     fa.g2.y = m.y.as<float>(), fa.g2.ldy = m.H;
     fa.aq = m.aq, fa.scale_rule = int(m.act_rule), fa.rounding = int(m.act_rounding);
-    fa.ksplit1 = fp.ksplit1, fa.ksplit2 = fp.ksplit2, fa.blocked_items = fp.blocked, fa.out = out_dev;
+    fa.ksplit1 = fp.ksplit1, fa.ksplit2 = fp.ksplit2, fa.out = out_dev;
     MXMOE_CUDA_CHECK(k::fused_moe(fa, m.fused_grid, stream));
     return;
   }

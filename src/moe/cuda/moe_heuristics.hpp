@@ -115,7 +115,6 @@ constexpr int kFusedMaxSmem = 160 * 1024;
 struct FusedPlan {
   bool use = false;
   int ksplit1 = 1, ksplit2 = 1;
-  bool blocked = true;
 };
 
 // Warps per m-tile for one GEMM of the fused kernel (CTA = 8 warps): the least time as waves of CTA
@@ -141,11 +140,6 @@ inline FusedPlan plan_fused(WKind wk, bool gemm2_f32, int64_t T, int top_k, int 
   FusedPlan p;
   if (!fused_enabled() || !gemv_weights(wk) || gemm2_f32 || grid <= 0 || T < 1 || T > max_tokens) return p;
   p.use = true;
-  static const bool strided = [] {  // MXMOE_CUDA_FUSED_STRIDED=1: strided item order (A/B runs)
-    const char* v = std::getenv("MXMOE_CUDA_FUSED_STRIDED");
-    return v && std::strcmp(v, "1") == 0;
-  }();
-  p.blocked = !strided;
   const int64_t active = T * top_k < E ? T * top_k : E;
   static const int forced_ks = [] {  // MXMOE_CUDA_FUSED_KSPLIT=1|2|4|8 (A/B runs)
     const char* v = std::getenv("MXMOE_CUDA_FUSED_KSPLIT");

@@ -38,7 +38,6 @@ struct QuantRowsArgs {
 };
 cudaError_t quant_rows(const QuantRowsArgs& a, cudaStream_t s);
 
-struct Workspace;  // see cuda_moe.cpp
 
 struct RouteArgs {
   const uint16_t* x = nullptr;  // bf16 [T, H]
@@ -129,7 +128,6 @@ struct FusedArgs {
   ActScale sc1;    // GEMM1 input: the static parts (the kernel adds its own amax where dynamic)
   int sc1_dyn = 0;  // 0: static, 1: dynamic over all tokens, 2: dynamic per expert
   int ksplit1 = 1, ksplit2 = 1;  // warps per m-tile (1, 2, 4, 8) of GEMM1 / GEMM2
-  bool blocked_items = true;     // CTA c takes items [c * per, (c + 1) * per) (else c, c + grid, ...)
   float* out = nullptr;          // [T, H]
   // Profiling (bench_moe_cuda --stages): when set, thread 0 of every CTA writes kFusedStamps clock64
   // values per CTA at the stage boundaries (start, logits, barrier, routing, GEMM1, barrier, GEMM2,

@@ -148,12 +148,11 @@ __device__ void gemm_stage(const FusedArgs& a, const GemmArgs& g, const Routing&
   const int mode = row_mode(g, GATED), rs = row_stride(g.K);
   const bool lut_per_expert = W == WKind::NVFP4 && g.vllm;
   int staged = -1;
-  // Blocked: CTA c takes a contiguous run of items (mostly one expert: fewer restagings); else strided.
+  // CTA c takes a contiguous run of items, mostly of one expert: fewer restagings than a strided order
+  // (measured: bench/RESULTS.md v4).
   const int total = n_act * groups, per = (total + gridDim.x - 1) / gridDim.x;
-  const int first = a.blocked_items ? blockIdx.x * per : blockIdx.x;
-  const int last = a.blocked_items ? min(total, first + per) : total;
-  const int step = a.blocked_items ? 1 : gridDim.x;
-  for (int item = first; item < last; item += step) {
+  const int first = blockIdx.x * per, last = min(total, first + per);
+  for (int item = first; item < last; ++item) {
     const int ea = item / groups, grp = item - ea * groups;
     const int e = R.act_e[ea], n = R.act_n[ea], p0 = R.act_p0[ea];
     const int mt = grp * mpc + warp % mpc, kg = warp / mpc;
