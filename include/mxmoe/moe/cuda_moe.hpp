@@ -54,8 +54,10 @@ class CudaMoeLayer {
   std::unique_ptr<Impl> impl_;
 };
 
-// run_moe through the CUDA backend: uploads (cached per layer address and size), copies the input,
-// runs forward and downloads the result. Fills r.out / r.topk_ids / r.topk_weights / r.warnings.
+// run_moe through the CUDA backend: uploads the layer, copies the input, runs forward and downloads the
+// result. Fills r.out / r.topk_ids / r.topk_weights / r.warnings. The upload is repeated on every call
+// (nothing is cached: a layer at a reused address could be a different one); for repeated forwards keep
+// a CudaMoeLayer and call forward() on device buffers.
 void run_moe_cuda(const MoeLayer& layer, const Tensor& hidden_states, const MoeOptions& o, MoeResult& r);
 
 }  // namespace mxmoe::moe
