@@ -1,7 +1,8 @@
-// Shared test helpers: locating ../shared, bitwise comparison, random data.
+// Shared test helpers: locating ../shared, bitwise comparison, relative L2 error, random data.
 #pragma once
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -47,6 +48,26 @@ inline Tensor random_tensor(DType dt, std::vector<int64_t> shape, uint32_t seed,
     store_from_f32(t.data.data(), dt, i, v);
   }
   return t;
+}
+
+// ||got - want|| / ||want|| over n float32 values, summed in double.
+inline double rel_l2(const float* got, const float* want, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = double(got[i]) - want[i];
+    num += d * d, den += double(want[i]) * want[i];
+  }
+  return std::sqrt(num / den);
+}
+inline double rel_l2(const Tensor& got, const Tensor& want) {
+  return rel_l2(got.ptr<float>(), want.ptr<float>(), want.numel());
+}
+
+// Index of the first NaN or Inf of a float32 tensor, or -1.
+inline int64_t first_nonfinite(const Tensor& t) {
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(t.ptr<float>()[i])) return i;
+  return -1;
 }
 
 // Runs f and expects an mxmoe::Error whose message contains `needle`.

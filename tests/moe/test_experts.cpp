@@ -13,11 +13,7 @@ using namespace mxmoe::moe;
 
 namespace {
 
-double rel_l2(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), den += double(b[i]) * b[i];
-  return std::sqrt(num / den);
-}
+using test::rel_l2;
 
 const SyntheticShape kSmall{"small", 64, 32, 6, 2};
 
