@@ -181,33 +181,28 @@ int main(int argc, char** argv) {
         const int reps = T <= 64 ? 20 : 3;
         cudaEvent_t e0, e1;
         cudaEventCreate(&e0), cudaEventCreate(&e1);
-        for (int i = 0; i < 3 * kSets; ++i) MXMOE_CUDA_CHECK(cudaGraphLaunch(ge[i % kSets], st));
-        std::vector<float> ms;
-        for (int it = 0; it < 25; ++it) {
-          cudaEventRecord(e0, st);
-          for (int r = 0; r < reps; ++r) MXMOE_CUDA_CHECK(cudaGraphLaunch(ge[(it * reps + r) % kSets], st));
-          cudaEventRecord(e1, st);
-          MXMOE_CUDA_CHECK(cudaEventSynchronize(e1));
-          float m;
-          cudaEventElapsedTime(&m, e0, e1);
-          ms.push_back(m / reps);
-        }
-        std::sort(ms.begin(), ms.end());
-        const double us = ms[ms.size() / 2] * 1e3;
+        // Median us per forward over 25 timed batches of `reps`, after `warm` untimed forwards;
+        // launch(i) runs forward i on input set i % kSets.
+        auto median_us = [&](int warm, auto&& launch) {
+          for (int i = 0; i < warm; ++i) launch(i);
+          std::vector<float> ms;
+          for (int it = 0; it < 25; ++it) {
+            cudaEventRecord(e0, st);
+            for (int r = 0; r < reps; ++r) launch(it * reps + r);
+            cudaEventRecord(e1, st);
+            MXMOE_CUDA_CHECK(cudaEventSynchronize(e1));
+            float m;
+            cudaEventElapsedTime(&m, e0, e1);
+            ms.push_back(m / reps);
+          }
+          std::sort(ms.begin(), ms.end());
+          return ms[ms.size() / 2] * 1e3;
+        };
+        const double us =
+            median_us(3 * kSets, [&](int i) { MXMOE_CUDA_CHECK(cudaGraphLaunch(ge[i % kSets], st)); });
         // eager: the same forward launched kernel by kernel (launch overhead included)
-        for (int i = 0; i < 2 * kSets; ++i) dev.forward(x[i % kSets], T, em, out, ids, w, st);
-        ms.clear();
-        for (int it = 0; it < 25; ++it) {
-          cudaEventRecord(e0, st);
-          for (int r = 0; r < reps; ++r) dev.forward(x[(it * reps + r) % kSets], T, em, out, ids, w, st);
-          cudaEventRecord(e1, st);
-          MXMOE_CUDA_CHECK(cudaEventSynchronize(e1));
-          float m;
-          cudaEventElapsedTime(&m, e0, e1);
-          ms.push_back(m / reps);
-        }
-        std::sort(ms.begin(), ms.end());
-        const double eager_us = ms[ms.size() / 2] * 1e3;
+        const double eager_us =
+            median_us(2 * kSets, [&](int i) { dev.forward(x[i % kSets], T, em, out, ids, w, st); });
         // experts touched by the last input set
         std::vector<int32_t> hid(size_t(T * k));
         MXMOE_CUDA_CHECK(cudaMemcpy(hid.data(), ids, hid.size() * 4, cudaMemcpyDeviceToHost));

@@ -252,20 +252,31 @@ TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {
   cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
 }
 
+// Turns the fused single-kernel layer (sm90_fp4_moe_fused.cu) on or off for one scope, and lets it take
+// up to `cap` tokens (the kernel's limit is 8; the default cap is what pays off on the H200).
+struct ForceFused {
+  bool saved;
+  int64_t saved_cap;
+  explicit ForceFused(bool on, int64_t cap = 8)
+      : saved(mxmoe::moe::cuda::fused_enabled()), saved_cap(mxmoe::moe::cuda::fused_token_cap()) {
+    mxmoe::moe::cuda::fused_enabled() = on;
+    mxmoe::moe::cuda::fused_token_cap() = cap;
+  }
+  ~ForceFused() {
+    mxmoe::moe::cuda::fused_enabled() = saved;
+    mxmoe::moe::cuda::fused_token_cap() = saved_cap;
+  }
+};
+
 // Forces a grouped-GEMM path of the multi-kernel forward for one scope (the decode-shaped GEMV kernel,
-// the swap-AB tiled kernel or the 128 x 128 kernel); the fused small-T kernel is off unless `fused`.
+// the swap-AB tiled kernel or the 128 x 128 kernel), with the fused small-T kernel off.
 struct ForcePath {
+  ForceFused off{false};
   mxmoe::moe::cuda::GemmPath saved;
-  bool saved_fused;
-  explicit ForcePath(mxmoe::moe::cuda::GemmPath p, bool fused = false)
-      : saved(mxmoe::moe::cuda::gemm_path_override()), saved_fused(mxmoe::moe::cuda::fused_enabled()) {
+  explicit ForcePath(mxmoe::moe::cuda::GemmPath p) : saved(mxmoe::moe::cuda::gemm_path_override()) {
     mxmoe::moe::cuda::gemm_path_override() = p;
-    mxmoe::moe::cuda::fused_enabled() = fused;
   }
-  ~ForcePath() {
-    mxmoe::moe::cuda::gemm_path_override() = saved;
-    mxmoe::moe::cuda::fused_enabled() = saved_fused;
-  }
+  ~ForcePath() { mxmoe::moe::cuda::gemm_path_override() = saved; }
 };
 
 // The GEMV kernel (sm90_fp4_moe_gemv.cu), the tiled kernel and the 128 x 128 kernel
@@ -311,21 +322,6 @@ TEST(CudaMoeDevice, GemmPathsAgree) {
     }
 }
 
-// Turns the fused single-kernel layer (sm90_fp4_moe_fused.cu) on or off for one scope, and lets it take
-// up to `cap` tokens (the kernel's limit is 8; the default cap is what pays off on the H200).
-struct ForceFused {
-  bool saved;
-  int64_t saved_cap;
-  explicit ForceFused(bool on, int64_t cap = 8)
-      : saved(mxmoe::moe::cuda::fused_enabled()), saved_cap(mxmoe::moe::cuda::fused_token_cap()) {
-    mxmoe::moe::cuda::fused_enabled() = on;
-    mxmoe::moe::cuda::fused_token_cap() = cap;
-  }
-  ~ForceFused() {
-    mxmoe::moe::cuda::fused_enabled() = saved;
-    mxmoe::moe::cuda::fused_token_cap() = saved_cap;
-  }
-};
 
 // The fused kernel at every token count it takes, against the CPU ref and against the multi-kernel path
 // (route + quantize + GEMV + finalize) on the same inputs: the same operands and epilogues, only the
