@@ -17,6 +17,7 @@
 // scale byte is computed in registers (scale_mult), no dependent table load.
 #pragma once
 #include "moe/cuda/moe_device.cuh"
+#include "moe/cuda/sm80_mma.cuh"
 
 namespace mxmoe::moe::cuda::gemm {
 
@@ -162,14 +163,7 @@ __device__ __forceinline__ void decode(const Raw<W>& r, float vllm_gs, uint32_t 
   }
 }
 
-__device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
+using sm80::mma_bf16;
 
 // B operand: 32 consecutive activations of one row -> 16 bf16 pairs per split term.
 template <int SPLIT>

@@ -1,14 +1,15 @@
 // The grouped expert GEMM for many tokens per expert (prefill): CTA tile = 128 weight rows x 128 tokens
-// of one expert, K in chunks of 128, bf16 mma.sync m16n8k16 from shared memory (ldmatrix).
+// of one expert, K in chunks of 64, bf16 mma.sync m16n8k16 from shared memory (ldmatrix); two CTAs per SM
+// (<= 128 registers, 69 KB of shared memory), so one CTA's decode and barriers overlap the other's
+// products (one CTA of 8 warps with 128-wide chunks kept the tensor pipe under 28% busy: RESULTS.md v6).
 //
 // The swap-AB kernel (sm80_moe_gemm.cuh) decodes a weight row once per 32 tokens and re-reads the
 // activations per 32 weight rows; here each chunk of the weight tile is decoded once per 128 tokens into
 // shared memory and every activation row is read once per 128 weight rows:
-//  - per chunk, each thread loads 64 packed elements of one weight row (two chunks ahead, in registers)
+//  - per chunk, each thread loads 32 packed elements of one weight row (one chunk ahead, in registers)
 //    and decodes them (FP4: the GEMV kernel's per-scale tables; else the tiled kernel's decode; the same
-//    bf16 operand values either way) right after issuing the previous chunk's products, into a 128 x 128
-//    bf16 tile (rows of 256 bytes, 16-byte units XOR-swizzled by
-//    row % 8 so ldmatrix is conflict-free);
+//    bf16 operand values either way) right after issuing the previous chunk's products, into a 128 x 64
+//    bf16 tile (rows of 128 bytes, 16-byte units XOR-swizzled by row % 8 so ldmatrix is conflict-free);
 //  - the tokens' bf16 rows (gathered through b_row) arrive by cp.async (zero-filled past K and past the
 //    tile's tokens), issued right after the barrier for the next chunk: two buffers of each operand;
 //  - 8 warps = 2 (weight rows) x 4 (tokens), a 64 x 32 warp tile: 16 accumulators of 16 x 8;
@@ -23,37 +24,27 @@ namespace tile128 {
 namespace {
 
 using gemm::Raw;
-constexpr int kBM = 128, kBN = 128, kThreads = 256;
-constexpr int kTileBytes = 128 * 256;                  // one operand tile of one chunk
-constexpr int kLutOffset = 4 * kTileBytes + 4 * 256;
+constexpr int kBN = 128, kKc = 64, kThreads = 256;
+constexpr int kTileBytes = 128 * kKc * 2;  // one operand tile of one chunk
+constexpr int kLutOffset = 4 * kTileBytes + kBN * 8;
 constexpr int kSmemBytes = kLutOffset + gemv::kLutBytes;  // A and B double buffered, B row indices, tables
 
-__device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 256 + ((unit ^ (row & 7)) << 4)); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
+__device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 128 + ((unit ^ (row & 7)) << 4)); }
 
 template <WKind W, bool GATED>
-__global__ void __launch_bounds__(kThreads, 1) tile128_kernel(const GemmArgs a) {
+__global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) {
   extern __shared__ __align__(128) uint8_t smem[];
   const int tile = blockIdx.x;
   if (tile >= *a.num_tiles) return;
   const int4 td = a.tiles[tile];
   const int e = td.x, p0 = td.y, n = td.z;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wm = warp >> 2, wn = warp & 3;
   const int mode = gemv::row_mode(a, GATED), I = a.N / 2, M16 = a.N / 16;
-  const uint32_t sbase = uint32_t(__cvta_generic_to_shared(smem));
+  const uint32_t sbase = sm80::smem_addr(smem);
   int64_t* brows = reinterpret_cast<int64_t*>(smem + 4 * kTileBytes);
 
-  // This thread's weight row (tile row tid / 2, elements 64 * (tid % 2) .. + 63 of each chunk).
+  // This thread's weight row (tile row tid / 2, elements 32 * (tid % 2) .. + 31 of each chunk).
   const int tr = tid >> 1, th = tid & 1, mt = blockIdx.y * 8 + tr / 16;
   const bool row_ok = mt < M16;
   const int64_t wrow = int64_t(e) * a.N + (row_ok ? gemv::tile_row(mode, mt, tr % 16, I) : 0);
@@ -65,40 +56,34 @@ __global__ void __launch_bounds__(kThreads, 1) tile128_kernel(const GemmArgs a) 
   constexpr bool kLut = W == WKind::NVFP4 || W == WKind::MXFP4;
   const uint4* lut = reinterpret_cast<const uint4*>(smem + kLutOffset);
   if constexpr (kLut) gemv::build_luts<W>(reinterpret_cast<uint4*>(smem + kLutOffset), a, e);
-  std::conditional_t<kLut, gemv::Raw, Raw<W>> raw[2];
+  std::conditional_t<kLut, gemv::Raw, Raw<W>> raw;
   auto load_w = [&](int c) {
-#pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      const int64_t k0 = int64_t(c) * 128 + 64 * th + 32 * q;
-      if constexpr (kLut) gemv::load_raw<W>(rc, rs, k0, row_ok && k0 < a.K, raw[q]);
-      else gemm::load_raw<W>(a, rc, rs, k0, row_ok && k0 < a.K, raw[q]);
-    }
+    const int64_t k0 = int64_t(c) * kKc + 32 * th;
+    if constexpr (kLut) gemv::load_raw<W>(rc, rs, k0, row_ok && k0 < a.K, raw);
+    else gemm::load_raw<W>(a, rc, rs, k0, row_ok && k0 < a.K, raw);
   };
   auto store_w = [&](int buf) {
+    uint32_t w[16];
+    if constexpr (kLut) gemv::decode_raw<W>(raw, lut, w);
+    else gemm::decode<W>(raw, vllm_gs, w);
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      uint32_t w[16];
-      if constexpr (kLut) gemv::decode_raw<W>(raw[q], lut, w);
-      else gemm::decode<W>(raw[q], vllm_gs, w);
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        *reinterpret_cast<uint4*>(smem + buf * kTileBytes + swz(tr, 8 * th + 4 * q + u)) =
-            make_uint4(w[4 * u], w[4 * u + 1], w[4 * u + 2], w[4 * u + 3]);
-    }
+    for (int u = 0; u < 4; ++u)
+      *reinterpret_cast<uint4*>(smem + buf * kTileBytes + swz(tr, 4 * th + u)) =
+          make_uint4(w[4 * u], w[4 * u + 1], w[4 * u + 2], w[4 * u + 3]);
   };
-  // Token rows: thread tid copies units (tid % 16) + 16 * i ... of rows; 128 rows x 16 units per chunk.
+  // Token rows: thread tid copies units (tid % 8) of rows tid / 8 + 32 * i; 128 rows x 8 units per chunk.
   if (tid < kBN) brows[tid] = tid < n ? (a.b_row ? a.b_row[p0 + tid] : p0 + tid) : -1;
   __syncthreads();
   auto load_b = [&](int c, int buf) {
     const uint32_t base = sbase + uint32_t((2 + buf) * kTileBytes);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int idx = tid + kThreads * i, row = idx >> 4, unit = idx & 15;
-      const int64_t k = int64_t(c) * 128 + 8 * unit, br = brows[row];
+    for (int i = 0; i < 4; ++i) {
+      const int idx = tid + kThreads * i, row = idx >> 3, unit = idx & 7;
+      const int64_t k = int64_t(c) * kKc + 8 * unit, br = brows[row];
       const bool v = br >= 0 && k < a.K;
-      cp_async16(base + swz(row, unit), v ? a.b16 + br * a.ldb + k : a.b16, v);
+      sm80::cp_async16(base + swz(row, unit), v ? a.b16 + br * a.ldb + k : a.b16, v);
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    sm80::cp_async_commit();
   };
 
   float acc[4][4][4];
@@ -109,32 +94,33 @@ __global__ void __launch_bounds__(kThreads, 1) tile128_kernel(const GemmArgs a) 
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
-  const int nch = (a.K + 127) / 128;
+  const int nch = (a.K + kKc - 1) / kKc;
   load_w(0);
   load_b(0, 0);
   store_w(0);
   if (nch > 1) load_w(1);
   for (int c = 0; c < nch; ++c) {
     const int buf = c & 1;
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    sm80::cp_async_wait<0>();
     __syncthreads();  // A[buf] written, B[buf] landed; everyone is done with the other buffers
     if (c + 1 < nch) load_b(c + 1, buf ^ 1);
     const uint32_t A = sbase + uint32_t(buf * kTileBytes), B = sbase + uint32_t((2 + buf) * kTileBytes);
+    // A warp whose 32 tokens are all past the tile's n (the last tile of an expert) has only zero rows.
 #pragma unroll
-    for (int ks = 0; ks < 8; ++ks) {
+    for (int ks = 0; ks < kKc / 16 && 32 * wn < n; ++ks) {
       uint32_t af[4][4], bf[4][2];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        ldsm_x4(A + swz(64 * wm + 16 * i + (lane & 15), 2 * ks + (lane >> 4)), af[i][0], af[i][1], af[i][2], af[i][3]);
+        sm80::ldsm_x4(A + swz(64 * wm + 16 * i + (lane & 15), 2 * ks + (lane >> 4)), af[i][0], af[i][1], af[i][2], af[i][3]);
 #pragma unroll
       for (int j = 0; j < 2; ++j)
-        ldsm_x4(B + swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)), bf[2 * j][0],
+        sm80::ldsm_x4(B + swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)), bf[2 * j][0],
                 bf[2 * j][1], bf[2 * j + 1][0], bf[2 * j + 1][1]);
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          gemm::mma_bf16(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
+          sm80::mma_bf16(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
     }
     // The next chunk's weights: decoded while this chunk's products drain through the tensor cores.
     if (c + 1 < nch) {
