@@ -180,8 +180,11 @@ TEST(CudaMoeDevice, WiderLayer) {
 // exactly (ids) and to float32 rounding (weights).
 TEST(CudaMoeDevice, RouterPathsMatchRef) {
   SKIP_WITHOUT_DEVICE();
-  const std::vector<SyntheticShape> shapes{{"r128", 1024, 32, 128, 8}, {"r200", 256, 32, 200, 8}};
-  const std::vector<int64_t> Ts = quick() ? std::vector<int64_t>{1, 33} : std::vector<int64_t>{1, 2, 17, 32, 33, 64, 65, 257};
+  // From kLogitsMmaMinTokens (512) the logits run on the tensor cores; r40's H = 224 ends in a partial
+  // 64-wide K chunk and E = 40 in a partial 32-expert block.
+  const std::vector<SyntheticShape> shapes{{"r128", 1024, 32, 128, 8}, {"r200", 256, 32, 200, 8}, {"r40", 224, 32, 40, 4}};
+  const std::vector<int64_t> Ts = quick() ? std::vector<int64_t>{1, 33, 515}
+                                          : std::vector<int64_t>{1, 2, 17, 32, 33, 64, 65, 257, 512, 515, 1100};
   for (const SyntheticShape& sh : shapes) {
     const MoeLayer l = small_layer(parse_moe_scheme("w_nvfp4_a_nvfp4"), 21, false, sh);
     for (int64_t T : Ts) {

@@ -42,6 +42,27 @@ struct DevMem {
   }
 };
 
+// The float32 gate as three bf16 terms [3][n] (hi, mid, lo) with hi + mid + lo == g exactly: each term
+// truncates the remainder to bf16 (8 significand bits each, never rounding up to Inf). Non-finite gate
+// values stay in hi, so they reach the logits as before.
+std::vector<uint16_t> split_bf16x3(const std::vector<float>& g) {
+  const size_t n = g.size();
+  std::vector<uint16_t> out(3 * n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(g[i])) {
+      out[i] = f32_to_bf16(g[i]);
+      continue;
+    }
+    float r = g[i];
+    for (size_t t = 0; t < 3; ++t) {
+      const uint16_t b = uint16_t(f32_bits(r) >> 16);
+      out[t * n + i] = b;
+      r -= bf16_to_f32(b);
+    }
+  }
+  return out;
+}
+
 k::WKind weight_kind(const MoeScheme& s) {
   if (!s.weight_quantized) return k::WKind::BF16;
   switch (s.weight) {
@@ -172,7 +193,7 @@ struct CudaMoeLayer::Impl {
   k::WKind wk = k::WKind::NVFP4;
   k::AQ aq = k::AQ::None;
   DevProj w13, w2;
-  DevMem gate, gate_bias;
+  DevMem gate, gate3, gate_bias;
   // workspace
   DevMem logits, rowamax, perm_token, row_expert, slot_to_perm, tiles, a1, a2, a2q, y, scratch;
   int64_t max_words = 0;
@@ -213,6 +234,7 @@ CudaMoeLayer::CudaMoeLayer(const MoeLayer& l, int64_t max_tokens) : impl_(std::m
   std::vector<float> g(size_t(m.E * m.H));
   to_f32(l.gate.data.data(), l.gate.dtype, m.E * m.H, g.data());
   m.gate.upload(g.data(), g.size() * 4);
+  m.gate3.upload(split_bf16x3(g).data(), g.size() * 6);
   if (!l.gate_bias.data.empty()) {
     std::vector<float> gb(size_t(m.E));
     to_f32(l.gate_bias.data.data(), l.gate_bias.dtype, m.E, gb.data());
@@ -235,7 +257,7 @@ CudaMoeLayer::CudaMoeLayer(const MoeLayer& l, int64_t max_tokens) : impl_(std::m
   const int fsmem = m.fused_T > 0 ? k::fused_smem_bytes(m.fused_T, m.E, m.H, m.I) : 0;
   if (m.fused_T > 0 && k::gemv_weights(m.wk) && fsmem <= k::kFusedMaxSmem)
     m.fused_grid = k::fused_max_grid(m.wk, m.E, fsmem);
-  for (const DevMem* d : {&m.w13.codes, &m.w13.scales, &m.w2.codes, &m.w2.scales, &m.gate, &m.logits, &m.a1, &m.a2,
+  for (const DevMem* d : {&m.w13.codes, &m.w13.scales, &m.w2.codes, &m.w2.scales, &m.gate, &m.gate3, &m.logits, &m.a1, &m.a2,
                           &m.a2q, &m.y, &m.tiles, &m.scratch})
     m.bytes += d->n;
 }
@@ -271,7 +293,7 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   const int max_tiles = int(P / TT + std::min<int64_t>(m.E, P));
 
   k::RouteArgs ra;
-  ra.x = static_cast<const uint16_t*>(x_dev), ra.gate = m.gate.as<float>(), ra.gate_bias = m.gate_bias.as<float>();
+  ra.x = static_cast<const uint16_t*>(x_dev), ra.gate = m.gate.as<float>(), ra.gate3 = m.gate3.as<uint16_t>(), ra.gate_bias = m.gate_bias.as<float>();
   ra.T = T, ra.H = m.H, ra.E = m.E, ra.k = m.topk, ra.kind = int(m.router.kind), ra.renormalize = m.router.renormalize;
   ra.scaling = m.router.routed_scaling_factor;
   ra.logits = m.logits.as<float>(), ra.rowamax = m.rowamax.as<float>(), ra.amax_x = m.amax_x();

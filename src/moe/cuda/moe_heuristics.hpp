@@ -112,6 +112,14 @@ inline int64_t fused_max_tokens(int top_k) {
 }
 constexpr int kFusedMaxSmem = 160 * 1024;
 
+// From this many tokens the router logits run on the tensor cores (sm80_router_logits.cu: the same
+// exact products, another float32 summation order). Measured on the H200 (bench/RESULTS.md v6, Qwen3
+// gate 128 x 2048): the tensor-core kernel takes ~47 us at any T up to 4096 (one CTA walks all of H),
+// the SIMT kernel ~13 us at T = 64 and ~380 us at T = 4096. Far above the fused kernel's 8 tokens, so
+// the fused and multi-kernel forwards, which must agree bit for bit, always share logits4.
+constexpr int64_t kLogitsMmaMinTokens = 512;
+inline bool use_logits_mma(int64_t T, int64_t H) { return T >= kLogitsMmaMinTokens && H % 8 == 0; }
+
 struct FusedPlan {
   bool use = false;
   int ksplit1 = 1, ksplit2 = 1;

@@ -42,6 +42,7 @@ cudaError_t quant_rows(const QuantRowsArgs& a, cudaStream_t s);
 struct RouteArgs {
   const uint16_t* x = nullptr;  // bf16 [T, H]
   const float* gate = nullptr;  // f32 [E, H]
+  const uint16_t* gate3 = nullptr;  // bf16 [3, E, H]: hi, mid, lo with hi + mid + lo == gate (tensor-core logits)
   const float* gate_bias = nullptr;
   int64_t T = 0, H = 0;
   int E = 0, k = 0;
@@ -66,6 +67,8 @@ struct RouteArgs {
   int32_t* num_tiles = nullptr;
 };
 cudaError_t route(const RouteArgs& a, cudaStream_t s);
+// The logits (and |x| maxima) of route() on the tensor cores (sm80_router_logits.cu); needs gate3, H % 8 == 0.
+cudaError_t router_logits_mma(const RouteArgs& a, cudaStream_t s);
 
 // One grouped GEMM over the tile list. GEMM1 (act != -1): out columns [0, I) of the gated activation,
 // written float32 to y [P, I]; GEMM2: y [P, N]. Weight rows are decoded in registers.

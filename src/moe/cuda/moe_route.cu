@@ -5,6 +5,7 @@
 // the GEMM tile list {expert, first row, rows}.
 #include <cstdlib>
 
+#include "moe/cuda/moe_heuristics.hpp"
 #include "moe/cuda/moe_route.cuh"
 
 namespace mxmoe::moe::cuda {
@@ -141,8 +142,13 @@ cudaError_t route(const RouteArgs& a, cudaStream_t s) {
   // CTAs at T = 64, 16 at T = 1).
   const int epc = legacy ? 8 : (a.T <= 16 ? 2 : 8);
   const int tpc = legacy ? 16 : (a.T <= 256 ? 4 : 16);
-  const dim3 g1(unsigned((a.E + epc - 1) / epc), unsigned((a.T + tpc - 1) / tpc));
-  logits_kernel<<<g1, 32 * epc, 0, s>>>(a, tpc);
+  if (!legacy && use_logits_mma(a.T, a.H) && a.gate3 != nullptr) {
+    const cudaError_t err = router_logits_mma(a, s);
+    if (err != cudaSuccess) return err;
+  } else {
+    const dim3 g1(unsigned((a.E + epc - 1) / epc), unsigned((a.T + tpc - 1) / tpc));
+    logits_kernel<<<g1, 32 * epc, 0, s>>>(a, tpc);
+  }
   if (legacy || a.E > 256) launch_topk_permute<16>(a, s);
   else if (a.E > 128) launch_topk_permute<8>(a, s);
   else launch_topk_permute<4>(a, s);
