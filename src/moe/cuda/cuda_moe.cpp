@@ -250,7 +250,7 @@ CudaMoeLayer::CudaMoeLayer(const MoeLayer& l, int64_t max_tokens) : impl_(std::m
   m.tiles.alloc(size_t(P + m.E) * 16);
   m.a1.alloc(size_t(P * m.H) * 2);
   m.a2.alloc(size_t(P * m.I) * 4);
-  m.a2q.alloc(size_t(P * m.I) * 2);
+  m.a2q.alloc(size_t(P * m.I) * 2 * (m.aq == k::AQ::None ? 3 : 1));  // a16: exact mode's three bf16 planes
   m.y.alloc(size_t(P * m.H) * 4);
   m.scratch.alloc(size_t(4 + 3 * m.E + m.E * m.max_words) * 4);
   m.fused_T = std::min<int64_t>(k::fused_max_tokens(m.topk), max_tokens);
@@ -394,8 +394,11 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   // GEMM2 input
   k::GemmArgs g2;
   const k::ActScale sc2 = scales_for(m.w2, m.amax2(), m.amax2_e());
-  if (f32_gemm2) {
-    g2.b32 = m.a2.as<float>();  // float32 activations: split into three bf16 terms
+  if (f32_gemm2 && plan.tile128) {  // float32 activations as three exact bf16 planes
+    MXMOE_CUDA_CHECK(k::split_bf16x3(m.a2.as<float>(), P * m.I, m.a2q.as<uint16_t>(), stream));
+    g2.b16 = m.a2q.as<uint16_t>(), g2.b_terms = 3, g2.b_term_stride = P * m.I;
+  } else if (f32_gemm2) {
+    g2.b32 = m.a2.as<float>();  // float32 activations: split into three bf16 terms in the kernel
   } else {
     k::QuantRowsArgs q;
     q.aq = m.aq, q.vllm = vllm, q.scale_rule = int(m.act_rule), q.rounding = int(m.act_rounding), q.sc = sc2;

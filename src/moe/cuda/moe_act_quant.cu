@@ -1,5 +1,5 @@
-// The activation-quantization kernel (one thread per scale block, moe_act_quant.cuh) and the finalize
-// stage.
+// The activation-quantization kernel (one thread per scale block, moe_act_quant.cuh), the three-term
+// bf16 split of float32 rows, and the finalize stage.
 #include "moe/cuda/moe_act_quant.cuh"
 
 namespace mxmoe::moe::cuda {
@@ -22,6 +22,18 @@ __global__ void __launch_bounds__(256) quant_kernel(const QuantRowsArgs a) {
   uint4* o = reinterpret_cast<uint4*>(a.y + r * a.K + b * B);
 #pragma unroll
   for (int i = 0; i < B / 8; ++i) o[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+}
+
+__global__ void __launch_bounds__(256) split3_kernel(const float* x, int64_t n, uint16_t* y) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float v = x[i];
+#pragma unroll
+  for (int t = 0; t < 3; ++t) {
+    const uint16_t b = cc::f32_to_bf16(v);
+    y[t * n + i] = b;
+    v = cc::sub_rn(v, cc::bf16_to_f32(b));
+  }
 }
 
 __global__ void __launch_bounds__(256) finalize_kernel(const FinalizeArgs a) {
@@ -48,6 +60,12 @@ cudaError_t quant_rows(const QuantRowsArgs& a, cudaStream_t s) {
     case AQ::FP8: return go(std::integral_constant<AQ, AQ::FP8>{});
   }
   return cudaErrorInvalidValue;
+}
+
+cudaError_t split_bf16x3(const float* x, int64_t n, uint16_t* y, cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  split3_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(x, n, y);
+  return cudaGetLastError();
 }
 
 cudaError_t finalize(const FinalizeArgs& a, cudaStream_t s) {

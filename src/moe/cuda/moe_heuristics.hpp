@@ -65,8 +65,8 @@ inline GemmPlan plan_gemms(WKind wk, int64_t P, int E, int64_t N1, int64_t K1, i
   const double avg = double(P) / E;
   p.nt = avg <= 8 ? 1 : avg <= 16 ? 2 : 4;
   const GemmPath force = gemm_path_override();
-  // tile128 reads bf16 GEMM inputs only: exact-mode a16 (float32 GEMM2 input) stays on the tiled kernel.
-  if (!gemm2_f32 && (force == GemmPath::Tile128 || (force == GemmPath::Auto && avg >= kTile128MinAvgRows))) {
+  // tile128 reads bf16 planes: exact-mode a16's float32 GEMM2 input as three (split_bf16x3).
+  if (force == GemmPath::Tile128 || (force == GemmPath::Auto && avg >= kTile128MinAvgRows)) {
     p.nt = 16, p.tile128 = true;
     return p;
   }

@@ -37,6 +37,9 @@ struct QuantRowsArgs {
   uint16_t* y = nullptr;  // bf16 [rows, K]
 };
 cudaError_t quant_rows(const QuantRowsArgs& a, cudaStream_t s);
+// y[i * n + j] (i = 0, 1, 2) = hi, mid, lo of x[j]: each the bf16 (round to nearest) of what the terms
+// before it leave, so hi + mid + lo == x exactly (the swap-AB kernel's split of float32 B rows).
+cudaError_t split_bf16x3(const float* x, int64_t n, uint16_t* y, cudaStream_t s);
 
 
 struct RouteArgs {
@@ -86,6 +89,10 @@ struct GemmArgs {
   const int32_t* b_row = nullptr;
   const float* b32 = nullptr;
   int64_t ldb = 0;
+  // grouped_gemm_tile128 only: B is the sum of b_terms bf16 planes b16 + i * b_term_stride (float32 rows
+  // as the exact hi + mid + lo of split_bf16x3)
+  int b_terms = 1;
+  int64_t b_term_stride = 0;
   // accumulator factor from the activations: per expert 1 / gs (exact NVFP4) or FP8 scale
   int a_alpha_kind = 0;  // 0: 1, 1: 1/gs (NVFP4 exact), 2: FP8 amax/448 (exact)
   ActScale a_sc;

@@ -7,15 +7,19 @@
 
 namespace mxmoe::moe::cuda {
 
-// Logit dot products of gate row `grow` with tokens t0 .. t0 + 3 (< a.T), and the tokens' |x| maxima,
-// reduced over the warp (every lane holds the results). Each (token, expert) sum runs in the same order
-// whatever the caller's geometry (per lane over h, then the xor butterfly): the same bits everywhere.
-__device__ __forceinline__ void logits4(const RouteArgs& a, const float* grow, int64_t t0, int lane, float acc[4],
-                                        float am[4]) {
+// The logit summation order, the same bits whatever the caller's geometry: H is cut into 256-wide
+// slices (lane l holds elements 256 i + 8 l .. + 7 of slice i), each slice's products summed by one FMA
+// chain from 0; slice group g (slices g, g + 8, g + 16, ...) adds its slices in order into q_g; per lane
+// the logit part is 0 + q_0 + q_1 + ... + q_7 in order, then the warp's xor butterfly. Slice groups let
+// the fused kernel give the eight groups of one expert to eight warps (one 256-wide slice each at H =
+// 2048) instead of a chain of H / 256 dependent loads in one warp.
+
+// q[i]: slice group `grp` of gate row `grow` with token t0 + i (< a.T); am[i]: running |x| max.
+__device__ __forceinline__ void logits_group(const RouteArgs& a, const float* grow, int64_t t0, int lane, int grp,
+                                             float q[4], float am[4]) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) acc[i] = 0.0f, am[i] = 0.0f;
-#pragma unroll 4
-  for (int64_t h = int64_t(lane) * 8; h < a.H; h += 256) {
+  for (int i = 0; i < 4; ++i) q[i] = 0.0f;
+  for (int64_t h = 256 * int64_t(grp) + int64_t(lane) * 8; h < a.H; h += 2048) {
     const float4 g0 = __ldg(reinterpret_cast<const float4*>(grow + h));
     const float4 g1 = __ldg(reinterpret_cast<const float4*>(grow + h + 4));
     const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
@@ -25,15 +29,21 @@ __device__ __forceinline__ void logits4(const RouteArgs& a, const float* grow, i
       if (t >= a.T) break;
       const uint4 xv = __ldg(reinterpret_cast<const uint4*>(a.x + t * a.H + h));
       const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+      float part = 0.0f;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const float lo = cc::bitsf(xw[j] << 16), hi = cc::bitsf(xw[j] & 0xffff0000u);
-        acc[i] = fmaf(lo, gv[2 * j], acc[i]);
-        acc[i] = fmaf(hi, gv[2 * j + 1], acc[i]);
+        part = fmaf(lo, gv[2 * j], part);
+        part = fmaf(hi, gv[2 * j + 1], part);
         am[i] = fmaxf(am[i], fmaxf(fabsf(lo), fabsf(hi)));
       }
+      q[i] += part;
     }
   }
+}
+
+// The xor butterfly of the order above (sums) and of the |x| maxima; every lane gets the results.
+__device__ __forceinline__ void logits_reduce(float acc[4], float am[4]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
@@ -42,6 +52,21 @@ __device__ __forceinline__ void logits4(const RouteArgs& a, const float* grow, i
       am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], o));
     }
   }
+}
+
+// One warp: the logit dot products of gate row `grow` with tokens t0 .. t0 + 3 (< a.T) and the tokens'
+// |x| maxima, reduced over the warp (every lane holds the results).
+__device__ __forceinline__ void logits4(const RouteArgs& a, const float* grow, int64_t t0, int lane, float acc[4],
+                                        float am[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc[i] = 0.0f, am[i] = 0.0f;
+  for (int grp = 0; grp < 8; ++grp) {
+    float q[4];
+    logits_group(a, grow, t0, lane, grp, q, am);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[i] += q[i];
+  }
+  logits_reduce(acc, am);
 }
 
 __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {

@@ -12,6 +12,8 @@
 //    bf16 tile (rows of 128 bytes, 16-byte units XOR-swizzled by row % 8 so ldmatrix is conflict-free);
 //  - the tokens' bf16 rows (gathered through b_row) arrive by cp.async (zero-filled past K and past the
 //    tile's tokens), issued right after the barrier for the next chunk: two buffers of each operand;
+//    float32 rows (exact-mode a16 GEMM2) come as three bf16 planes, walked as three passes over K that
+//    re-decode the weights (the products triple anyway);
 //  - 8 warps = 2 (weight rows) x 4 (tokens), a 64 x 32 warp tile: 16 accumulators of 16 x 8;
 //  - tile rows follow the GEMV kernel's m-tile rows (gemv::tile_row), so for GEMM1 a thread's rows g and
 //    g + 8 are the gate and up rows of one output column; the epilogue is the GEMV kernel's.
@@ -57,8 +59,13 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
   const uint4* lut = reinterpret_cast<const uint4*>(smem + kLutOffset);
   if constexpr (kLut) gemv::build_luts<W>(reinterpret_cast<uint4*>(smem + kLutOffset), a, e);
   std::conditional_t<kLut, gemv::Raw, Raw<W>> raw;
-  auto load_w = [&](int c) {
-    const int64_t k0 = int64_t(c) * kKc + 32 * th;
+  // Step c multiplies chunk c % nch of B plane c / nch; the loads track (chunk, plane) with counters
+  // (the loop is issue-bound: three integer divisions per step cost ~10% at T = 4096).
+  const int nch = (a.K + kKc - 1) / kKc, nsteps = nch * a.b_terms;
+  int wk = 0, bk = 0, bt = 0;  // chunk of the next weight load; chunk and plane of the next B load
+  auto load_w = [&]() {
+    const int64_t k0 = int64_t(wk) * kKc + 32 * th;
+    if (++wk == nch) wk = 0;
     if constexpr (kLut) gemv::load_raw<W>(rc, rs, k0, row_ok && k0 < a.K, raw);
     else gemm::load_raw<W>(a, rc, rs, k0, row_ok && k0 < a.K, raw);
   };
@@ -74,16 +81,17 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
   // Token rows: thread tid copies units (tid % 8) of rows tid / 8 + 32 * i; 128 rows x 8 units per chunk.
   if (tid < kBN) brows[tid] = tid < n ? (a.b_row ? a.b_row[p0 + tid] : p0 + tid) : -1;
   __syncthreads();
-  auto load_b = [&](int c, int buf) {
+  auto load_b = [&](int buf) {
     const uint32_t base = sbase + uint32_t((2 + buf) * kTileBytes);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int idx = tid + kThreads * i, row = idx >> 3, unit = idx & 7;
-      const int64_t k = int64_t(c) * kKc + 8 * unit, br = brows[row];
+      const int64_t k = int64_t(bk) * kKc + 8 * unit, br = brows[row];
       const bool v = br >= 0 && k < a.K;
-      sm80::cp_async16(base + swz(row, unit), v ? a.b16 + br * a.ldb + k : a.b16, v);
+      sm80::cp_async16(base + swz(row, unit), v ? a.b16 + bt * a.b_term_stride + br * a.ldb + k : a.b16, v);
     }
     sm80::cp_async_commit();
+    if (++bk == nch) bk = 0, ++bt;
   };
 
   float acc[4][4][4];
@@ -94,16 +102,15 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
-  const int nch = (a.K + kKc - 1) / kKc;
-  load_w(0);
-  load_b(0, 0);
+  load_w();
+  load_b(0);
   store_w(0);
-  if (nch > 1) load_w(1);
-  for (int c = 0; c < nch; ++c) {
+  if (nsteps > 1) load_w();
+  for (int c = 0; c < nsteps; ++c) {
     const int buf = c & 1;
     sm80::cp_async_wait<0>();
     __syncthreads();  // A[buf] written, B[buf] landed; everyone is done with the other buffers
-    if (c + 1 < nch) load_b(c + 1, buf ^ 1);
+    if (c + 1 < nsteps) load_b(buf ^ 1);
     const uint32_t A = sbase + uint32_t(buf * kTileBytes), B = sbase + uint32_t((2 + buf) * kTileBytes);
     // A warp whose 32 tokens are all past the tile's n (the last tile of an expert) has only zero rows.
 #pragma unroll
@@ -123,9 +130,9 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
           sm80::mma_bf16(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
     }
     // The next chunk's weights: decoded while this chunk's products drain through the tensor cores.
-    if (c + 1 < nch) {
+    if (c + 1 < nsteps) {
       store_w(buf ^ 1);
-      if (c + 2 < nch) load_w(c + 2);
+      if (c + 2 < nsteps) load_w();
     }
   }
 
@@ -162,7 +169,7 @@ cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
 
 cudaError_t grouped_gemm_tile128(const GemmArgs& a, cudaStream_t s) {
   if (a.max_tiles == 0) return cudaSuccess;
-  if (a.b16 == nullptr || a.b32 != nullptr || a.nt != 16) return cudaErrorInvalidValue;
+  if (a.b16 == nullptr || a.b32 != nullptr || a.nt != 16 || a.b_terms < 1) return cudaErrorInvalidValue;
   switch (a.wk) {
     case WKind::NVFP4: return tile128::launch<WKind::NVFP4>(a, s);
     case WKind::MXFP4: return tile128::launch<WKind::MXFP4>(a, s);

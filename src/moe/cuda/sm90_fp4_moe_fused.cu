@@ -3,8 +3,8 @@
 // finalize) around ~5 us of weight streaming; here the stages are separated by grid-wide barriers
 // instead, and each CTA recomputes the tiny shared decisions (top-k, grouping, activation
 // quantization) in its own shared memory instead of waiting for another launch:
-//   A  logits (one warp per expert and 4 tokens) and the tokens' |x| max to global memory; CTA 0 zeroes
-//      GEMM1's amax outputs
+//   A  logits (one CTA per expert and 4 tokens, its eight warps on the eight slice groups of
+//      moe_route.cuh) and the tokens' |x| max to global memory; CTA 0 zeroes GEMM1's amax outputs
 //   -- grid barrier --
 //   B  every CTA: top-k of every token and the grouping by expert (same order as route/permute:
 //      experts ascending, tokens ascending); then GEMM1 items {active expert, group of m-tiles}: the
@@ -29,13 +29,16 @@ namespace cg = cooperative_groups;
 using namespace gemv;
 
 constexpr int kWarps = 8, kThreads = 32 * kWarps, kMaxSlots = 32, kDepth = kFusedDepth;
+static_assert(kWarps == 8, "stage A gives each warp one of the eight logit slice groups");
 
-// Shared memory: scale tables, K-split partial sums, the routing of all tokens, per-expert amax, staged rows.
+// Shared memory: scale tables, K-split (and logit) partial sums, the warps' |x| maxima, the routing of
+// all tokens, per-expert amax, staged rows.
 struct Layout {
-  int lut = 0, red = 0, slots = 0, amax_e = 0, act = 0, bytes = 0;
+  int lut = 0, red = 0, lmax = 0, slots = 0, amax_e = 0, act = 0, bytes = 0;
   __host__ __device__ Layout(int64_t T, int E, int64_t H, int64_t I) {
     red = kLutBytes;
-    slots = red + kWarps * 32 * 16;
+    lmax = red + kWarps * 32 * 16;
+    slots = lmax + kWarps * 4 * 4;
     amax_e = slots + 7 * kMaxSlots * 4 + 16 * 4;
     act = amax_e + ((E * 4 + 15) / 16) * 16;
     const int rs = row_stride(H) > row_stride(I) ? row_stride(H) : row_stride(I);
@@ -207,18 +210,45 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
     if (a.g1.amax_out_e)
       for (int e = threadIdx.x; e < r.E; e += kThreads) a.g1.amax_out_e[e] = 0.0f;
   }
+  // Warp w computes slice group w; warp 0 adds the groups in order (logits4's bits).
   const int tg = int((r.T + 3) / 4);
-  for (int item = blockIdx.x * kWarps + warp; item < r.E * tg; item += gridDim.x * kWarps) {
+  float4* red = reinterpret_cast<float4*>(smem + L.red);
+  float* lmax = reinterpret_cast<float*>(smem + L.lmax);
+  for (int item = blockIdx.x; item < r.E * tg; item += gridDim.x) {
     const int e = item % r.E, t0 = 4 * (item / r.E);
-    float acc[4], am[4];
-    logits4(r, r.gate + int64_t(e) * r.H, t0, lane, acc, am);
-    if (lane == 0)
+    float q[4], am[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    logits_group(r, r.gate + int64_t(e) * r.H, t0, lane, warp, q, am);
+    red[warp * 32 + lane] = make_float4(q[0], q[1], q[2], q[3]);
+    if (e == 0) {
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        if (t0 + i < r.T) {
-          r.logits[(t0 + i) * r.E + e] = acc[i] + (r.gate_bias ? r.gate_bias[e] : 0.0f);
-          if (e == 0) r.rowamax[t0 + i] = am[i];
-        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], o));
+      if (lane == 0)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) lmax[warp * 4 + i] = am[i];
+    }
+    __syncthreads();
+    if (warp == 0) {
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, m[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int w = 0; w < kWarps; ++w) {
+        const float4 v = red[w * 32 + lane];
+        acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
+      }
+      logits_reduce(acc, m);
+      if (lane == 0)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          if (t0 + i < r.T) {
+            r.logits[(t0 + i) * r.E + e] = acc[i] + (r.gate_bias ? r.gate_bias[e] : 0.0f);
+            if (e == 0) {
+              float mx = 0.0f;
+              for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, lmax[w * 4 + i]);
+              r.rowamax[t0 + i] = mx;
+            }
+          }
+    }
+    __syncthreads();  // red and lmax are reused by the next item
   }
   mark(1);
   grid.sync();
