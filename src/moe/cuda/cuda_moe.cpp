@@ -321,7 +321,7 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
     g.w_gs = w.gs.as<float>();
     g.w_alpha = vllm ? w.alpha_vllm.as<float>() : w.alpha_exact.as<float>();
     g.bias = w.bias.p ? w.bias.as<float>() : nullptr;
-    g.N = int(w.N), g.K = int(w.K), g.vllm = vllm;
+    g.N = int(w.N), g.K = int(w.K), g.vllm = vllm, g.l2_ahead = k::l2_ahead_chunks();
   };
   // Accumulator factors of the activations (exact mode) and GEMM1's amax outputs for GEMM2's scales.
   auto act_side = [&](k::GemmArgs& g, const k::ActScale& sc) {

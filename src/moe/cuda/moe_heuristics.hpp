@@ -39,6 +39,20 @@ constexpr int kGemvMaxSmem = 160 * 1024;
 // measured on the H200 (bench/RESULTS.md, "v5"): level with the tiled kernel at 16, ahead from 32 on.
 constexpr double kTile128MinAvgRows = 16.0;
 
+// FP4 weight streams: L2 prefetch distance in 128-element chunks past the register loads (GemmArgs::
+// l2_ahead; MXMOE_CUDA_L2_AHEAD=n for A/B runs, 0 turns it off). Measured on the H200 (bench/RESULTS.md
+// v6, Qwen3 NVFP4): 0 / 4 / 8 / 16 chunks gave T = 1 38.1 / 37.1 / 37.2 / 38.1 us, T = 64 239 / 235 / 238 /
+// 239 us.
+constexpr int kL2AheadChunks = 4;
+inline int l2_ahead_chunks() {
+  static const int n = [] {
+    const char* v = std::getenv("MXMOE_CUDA_L2_AHEAD");
+    const int x = v && *v ? std::atoi(v) : kL2AheadChunks;
+    return x >= 0 && x <= 64 ? x : kL2AheadChunks;
+  }();
+  return n;
+}
+
 struct GemmPlan {
   int nt = 1;           // tiled kernel: n-tiles of 8 tokens per CTA (tiles hold 8 * nt rows)
   bool tile128 = false;  // both GEMMs on grouped_gemm_tile128 (nt = 16)

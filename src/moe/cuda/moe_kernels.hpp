@@ -108,6 +108,7 @@ struct GemmArgs {
   const int32_t* num_tiles = nullptr;
   int max_tiles = 0;
   int nt = 1;  // n-tiles of 8 tokens per CTA (1, 2 or 4; 16 for grouped_gemm_tile128); tiles hold at most 8 * nt rows
+  int l2_ahead = 0;  // FP4 weight streams (GEMV, fused): L2 prefetch this many chunks past the loads (0: off)
 };
 cudaError_t grouped_gemm(const GemmArgs& a, cudaStream_t s);
 

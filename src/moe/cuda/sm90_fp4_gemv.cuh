@@ -106,16 +106,18 @@ __device__ __forceinline__ int row_mode(const GemmArgs& a, bool gated) { return 
 
 // One warp's weight stream over the K chunks kg, kg + ksplit, ... of m-tile mt of expert e. start()
 // issues the first kDepth chunks (call it before staging, so the loads overlap it); run() multiplies.
+// The kDepth chunks in registers are ~32 KB in flight per SM, too few to cover DRAM latency at full
+// bandwidth; an L2 prefetch of the codes a.l2_ahead chunks further (no registers) adds more.
 template <WKind W, int kDepth>
 struct WeightStream {
   const uint8_t* rc[2];
   const uint8_t* rsc[2];
   Raw buf[kDepth][2];
-  int kg, ksplit, nch, K;
+  int kg, ksplit, nch, K, ahead;
   bool ok;
 
   __device__ __forceinline__ void start(const GemmArgs& a, int e, int mode, int mt, bool mt_ok, int kg_, int ksplit_) {
-    kg = kg_, ksplit = ksplit_, K = a.K, nch = (a.K + 127) / 128, ok = mt_ok;
+    kg = kg_, ksplit = ksplit_, K = a.K, nch = (a.K + 127) / 128, ok = mt_ok, ahead = a.l2_ahead;
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int64_t nbk = a.K / WT<W>::block;
 #pragma unroll
@@ -149,6 +151,10 @@ struct WeightStream {
           const int64_t kn = int64_t(cn) * 128 + 32 * t;
 #pragma unroll
           for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], kn, ok && cn < nch && kn < K, buf[d][h]);
+          const int cp = cn + ahead * ksplit;  // the 64 code bytes of chunk cp of rows g, g + 8
+          if (ahead > 0 && t == 0 && ok && cp < nch)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) asm volatile("prefetch.global.L2 [%0];" ::"l"(rc[h] + int64_t(cp) * 64));
           // mma.sync is warp-wide: lanes past K (last chunk when K % 128 != 0) multiply zeros.
           uint32_t bw[16];
 #pragma unroll
