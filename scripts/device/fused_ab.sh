@@ -3,13 +3,7 @@
 # with per-stage times (--stages 1) for the default plan and the K-split variants, and the multi-kernel
 # forward beside it.   run: bash scripts/device/fused_ab.sh  (carry: [".devdeps"])
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out/device}
-export BUILD=${BUILD:-/tmp/mxmoe-build-cuda} ARCHS=${ARCHS:-90a}
-mkdir -p "$OUT"
-bash scripts/device/test.sh --build-only > "$OUT/build-ab.log" 2>&1 || { tail -30 "$OUT/build-ab.log"; exit 1; }
-LIB=/tmp/mxmoe-deps/usr/lib/x86_64-linux-gnu
-export LD_LIBRARY_PATH="$LIB:$LIB/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$(dirname "$0")/build_env.sh" build-ab.log
 B="$BUILD/bench_moe_cuda --shape ${SHAPE:-qwen3-30b-a3b} --tokens ${TOKENS:-1,2,4} --schemes ${SCHEMES:-w_nvfp4_a_nvfp4} --modes vllm"
 run() { echo "== $1"; shift; env "$@" timeout 60 $B --paths auto --stages 1 | grep -v "^shape\|^copy"; }
 {

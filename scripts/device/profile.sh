@@ -6,13 +6,7 @@
 # Clocks are left alone (--clock-control none, device/METHOD.md). Logs in $OUT; a table is printed last.
 #   run: bash scripts/device/profile.sh   (carry: [".devdeps"])
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out/device}
-export BUILD=${BUILD:-/tmp/mxmoe-build-cuda} ARCHS=${ARCHS:-90a}
-mkdir -p "$OUT"
-bash scripts/device/test.sh --build-only > "$OUT/build-profile.log" 2>&1 || { tail -30 "$OUT/build-profile.log"; exit 1; }
-LIB=/tmp/mxmoe-deps/usr/lib/x86_64-linux-gnu
-export LD_LIBRARY_PATH="$LIB:$LIB/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$(dirname "$0")/build_env.sh" build-profile.log
 B=("$BUILD/bench_moe_cuda" --shape "${SHAPE:-qwen3-30b-a3b}" --schemes "${SCHEME:-w_nvfp4_a_nvfp4}" --modes vllm)
 NCU=(ncu --clock-control none --graph-profiling node)
 

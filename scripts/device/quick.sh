@@ -4,13 +4,7 @@
 # Logs in $OUT; the test summary and the bench table are printed last.
 #   run: FILTER='*Router*' BENCH_ARGS='--tokens 64,4096' bash scripts/device/quick.sh   (carry: [".devdeps"])
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out/device}
-export BUILD=${BUILD:-/tmp/mxmoe-build-cuda} ARCHS=${ARCHS:-90a}
-mkdir -p "$OUT"
-bash scripts/device/test.sh --build-only > "$OUT/build-quick.log" 2>&1 || { tail -30 "$OUT/build-quick.log"; exit 1; }
-LIB=/tmp/mxmoe-deps/usr/lib/x86_64-linux-gnu
-export LD_LIBRARY_PATH="$LIB:$LIB/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$(dirname "$0")/build_env.sh" build-quick.log
 rc=0
 if [ -n "${FILTER:-}" ]; then
   timeout "${TEST_TIMEOUT:-300}" "$BUILD/mxmoe_cuda_tests" --gtest_filter="$FILTER" --gtest_brief=1 > "$OUT/tests.log" 2>&1
