@@ -7,8 +7,9 @@
 // here a row is read once per 32 experts from shared memory.
 // CTA = 4 warps = 64 tokens x 32 experts; warp w: tokens 16w .. 16w + 15 x 4 n8 tiles, per k16 step one
 // A fragment (x) and three B fragments (the gate terms). K in chunks of 64 (rows of 128 bytes, 16-byte
-// units XOR-swizzled by row % 8 so ldmatrix is conflict-free), four cp.async stages (a CTA walks all of
-// H alone, so its load latency must be hidden: with two stages T = 64 took ~22 us). The CTAs of the
+// units XOR-swizzled by row % 8 so ldmatrix is conflict-free), four cp.async stages. A CTA walks all of
+// H alone and takes ~47 us on the H200 whatever T (two stages measured the same; cause not found,
+// bench/RESULTS.md v6), so route() uses this kernel only from kLogitsMmaMinTokens. The CTAs of the
 // first expert block also take the tokens' |x| maxima (the dynamic activation scales), from shared
 // memory, with the same fmaxf as logits4 (so the same bits).
 #include "moe/cuda/moe_device.cuh"
