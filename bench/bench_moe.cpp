@@ -7,12 +7,14 @@
 // measured copy bandwidth (read + write bytes per second, all threads); x_floor = time / floor;
 // GFLOP/s counts 2 * T * top_k * 3 * H * I; flop_frac = that over the measured FMA peak (all threads).
 // Layers are built once per shape and scheme (a 128-expert layer takes seconds) and cached.
-// Thread count: OMP_NUM_THREADS (default: all cores).
+// Thread count: OMP_NUM_THREADS (default: all cores). BM_WeightReadPattern: the fused FP4 kernel's read
+// order alone against sequential reads (one thread).
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 #include <omp.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -107,6 +109,40 @@ void BM_Fp4GemvKernel(benchmark::State& st) {
 BENCHMARK(BM_Fp4GemvKernel)
     ->ArgsProduct({{1, 2, 4, 8, 12, 16, 32, 64}, {0, 1}, {0, 1, 2, 3}})
     ->ArgNames({"n", "vllm", "bf16dot"})->Unit(benchmark::kMicrosecond);
+
+// The fused FP4 GEMV's read pattern alone, one thread, 256 MiB: rows of 1 KiB (a Qwen3 w13 row) in groups
+// of 4 read chunk by chunk (64 bytes of each row in turn, as rows_kernel16<R = 4>), with a software
+// prefetch `prefetch` bytes ahead (0: none), against the same bytes in consumption order (interleave:0).
+// What the layer's T = 1 stream can reach on this machine next to the copy bandwidth of the floor.
+__attribute__((target("avx512f"))) void BM_WeightReadPattern(benchmark::State& st) {
+  if (!__builtin_cpu_supports("avx512f")) return st.SkipWithError("no AVX-512");
+  const int64_t mode = st.range(0);
+  const bool interleave = mode != 0;
+  const int64_t pf = st.range(1);
+  constexpr size_t kBytes = size_t(256) << 20, kRow = 1024, kGroup = 4 * kRow;
+  static char* buf = [] {
+    char* p = static_cast<char*>(std::aligned_alloc(64, kBytes));
+    std::memset(p, 1, kBytes);
+    return p;
+  }();
+  for (auto _ : st) {
+    __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (size_t g = 0; g < kBytes; g += kGroup)
+      for (size_t c = 0; c < kRow; c += 64)
+        for (size_t u = 0; u < 4; ++u) {
+          const char* p = buf + g + (interleave ? u * kRow + c : c * 4 + u * 64);
+          // mode 2: the interleaved loads, prefetches in address order (line 4c + u of the group pf ahead)
+          if (pf) _mm_prefetch((mode == 2 ? buf + g + c * 4 + u * 64 : p) + pf, _MM_HINT_T0);
+          s[u] = _mm512_add_ps(s[u], _mm512_load_ps(reinterpret_cast<const float*>(p)));
+        }
+    benchmark::DoNotOptimize(s);
+  }
+  st.counters["GB/s"] = benchmark::Counter(double(kBytes), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["copy_GB/s"] = measure_copy_bandwidth(1) / 1e9;
+}
+BENCHMARK(BM_WeightReadPattern)
+    ->ArgsProduct({{0, 1, 2}, {0, 4096, 8192, 16384}})
+    ->ArgNames({"interleave", "prefetch"})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 
