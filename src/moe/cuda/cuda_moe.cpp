@@ -257,8 +257,8 @@ CudaMoeLayer::CudaMoeLayer(const MoeLayer& l, int64_t max_tokens) : impl_(std::m
   const int fsmem = m.fused_T > 0 ? k::fused_smem_bytes(m.fused_T, m.E, m.H, m.I) : 0;
   if (m.fused_T > 0 && k::gemv_weights(m.wk) && fsmem <= k::kFusedMaxSmem)
     m.fused_grid = k::fused_max_grid(m.wk, m.E, fsmem);
-  for (const DevMem* d : {&m.w13.codes, &m.w13.scales, &m.w2.codes, &m.w2.scales, &m.gate, &m.gate3, &m.logits, &m.a1, &m.a2,
-                          &m.a2q, &m.y, &m.tiles, &m.scratch})
+  for (const DevMem* d : {&m.w13.codes, &m.w13.scales, &m.w2.codes, &m.w2.scales, &m.gate, &m.gate3, &m.logits,
+                          &m.a1, &m.a2, &m.a2q, &m.y, &m.tiles, &m.scratch})
     m.bytes += d->n;
 }
 
@@ -293,7 +293,8 @@ void CudaMoeLayer::forward(const void* x_dev, int64_t T, Emulation e, float* out
   const int max_tiles = int(P / TT + std::min<int64_t>(m.E, P));
 
   k::RouteArgs ra;
-  ra.x = static_cast<const uint16_t*>(x_dev), ra.gate = m.gate.as<float>(), ra.gate3 = m.gate3.as<uint16_t>(), ra.gate_bias = m.gate_bias.as<float>();
+  ra.x = static_cast<const uint16_t*>(x_dev), ra.gate = m.gate.as<float>(), ra.gate3 = m.gate3.as<uint16_t>();
+  ra.gate_bias = m.gate_bias.as<float>();
   ra.T = T, ra.H = m.H, ra.E = m.E, ra.k = m.topk, ra.kind = int(m.router.kind), ra.renormalize = m.router.renormalize;
   ra.scaling = m.router.routed_scaling_factor;
   ra.logits = m.logits.as<float>(), ra.rowamax = m.rowamax.as<float>(), ra.amax_x = m.amax_x();

@@ -118,11 +118,12 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
       uint32_t af[4][4], bf[4][2];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        sm80::ldsm_x4(A + swz(64 * wm + 16 * i + (lane & 15), 2 * ks + (lane >> 4)), af[i][0], af[i][1], af[i][2], af[i][3]);
+        sm80::ldsm_x4(A + swz(64 * wm + 16 * i + (lane & 15), 2 * ks + (lane >> 4)), af[i][0], af[i][1], af[i][2],
+                      af[i][3]);
 #pragma unroll
       for (int j = 0; j < 2; ++j)
-        sm80::ldsm_x4(B + swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)), bf[2 * j][0],
-                bf[2 * j][1], bf[2 * j + 1][0], bf[2 * j + 1][1]);
+        sm80::ldsm_x4(B + swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)),
+                      bf[2 * j][0], bf[2 * j][1], bf[2 * j + 1][0], bf[2 * j + 1][1]);
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
