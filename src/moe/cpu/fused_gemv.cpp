@@ -122,11 +122,34 @@ MXK_INLINE __m512 scale_vec(const uint8_t* srow, int64_t ch, int64_t nb, const C
 }
 
 // R weight rows x NT token rows starting at row j and token row 0 of `ap`, chunks [ch0, ch1):
+// Chunk ch of weight row `row` for the GEMV kernels: its 64 code bytes (masked by bm past the row) and
+// block multipliers s1 (the scales; vllm NVFP4: bf16(scale / gs), with s3 = bf16(1.5 * scale / gs) for
+// the 1.5-multiples). The rows of a tile are one contiguous stream, but short rows defeat the hardware
+// prefetcher: also fetch kFp4PrefetchBytes ahead (and the scales at the same relative distance).
+template <class F>
+MXK_INLINE void load_row_chunk(const Fp4Weight& w, int64_t row, int64_t ch, __mmask64 bm, const Consts& k, __m512i& q,
+                               __m512& s1, __m512& s3) {
+  const int64_t rb = w.K / 2, nb = w.K / F::block;
+  const uint8_t* cp = w.codes + row * rb + ch * 64;
+  _mm_prefetch(reinterpret_cast<const char*>(cp + kFp4PrefetchBytes), _MM_HINT_T0);
+  const uint8_t* sp = w.scales + row * nb + ch * (128 / F::block);
+  _mm_prefetch(reinterpret_cast<const char*>(sp + kFp4PrefetchBytes * 2 / F::block), _MM_HINT_T0);
+  q = _mm512_maskz_loadu_epi8(bm, cp);
+  const __m512 sc = scale_vec<F>(w.scales + row * nb, ch, nb, k);
+  if constexpr (F::bf16) {
+    const __m512 mlt = _mm512_div_ps(sc, k.gs);  // as decode: scale / gs, then bf16
+    s1 = round_bf16_v(mlt);
+    s3 = round_bf16_v(_mm512_mul_ps(mlt, _mm512_set1_ps(1.5f)));
+  } else {
+    s1 = sc;
+  }
+}
+
 // part[r * 8 + m] += the lane-reduced partial dot product.
 template <class F, int R, int NT>
 MXK_INLINE void rows_kernel(const Fp4Weight& w, int64_t j, const float* ap, int64_t Kp, int64_t ch0, int64_t ch1,
                             float* part, const Consts& k) {
-  const int64_t rb = w.K / 2, nb = w.K / F::block;
+  const int64_t rb = w.K / 2;
   constexpr bool kSplit = R * NT <= 4;  // two partial-sum chains per accumulator (FMA latency)
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r)
@@ -136,24 +159,7 @@ MXK_INLINE void rows_kernel(const Fp4Weight& w, int64_t j, const float* ap, int6
     const __mmask64 bm = cb == 64 ? ~__mmask64(0) : (__mmask64(1) << cb) - 1;
     __m512i q[R];
     __m512 s1[R], s3[R];
-    for (int r = 0; r < R; ++r) {
-      // The rows of a tile are one contiguous stream, but short rows defeat the hardware prefetcher:
-      // fetch kFp4PrefetchBytes ahead (and the scales at the same relative distance).
-      const uint8_t* cp = w.codes + (j + r) * rb + ch * 64;
-      _mm_prefetch(reinterpret_cast<const char*>(cp + kFp4PrefetchBytes), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w.scales + (j + r) * nb + ch * (128 / F::block) +
-                                                 kFp4PrefetchBytes * 2 / F::block),
-                   _MM_HINT_T0);
-      q[r] = _mm512_maskz_loadu_epi8(bm, cp);
-      const __m512 sc = scale_vec<F>(w.scales + (j + r) * nb, ch, nb, k);
-      if constexpr (F::bf16) {
-        const __m512 mlt = _mm512_div_ps(sc, k.gs);  // as decode: scale / gs, then bf16
-        s1[r] = round_bf16_v(mlt);
-        s3[r] = round_bf16_v(_mm512_mul_ps(mlt, _mm512_set1_ps(1.5f)));
-      } else {
-        s1[r] = sc;
-      }
-    }
+    for (int r = 0; r < R; ++r) load_row_chunk<F>(w, j + r, ch, bm, k, q[r], s1[r], s3[r]);
     const float* a = ap + ch * 128;
     if constexpr (F::bf16) {
       for (int s = 0; s < 8; ++s) {
@@ -275,7 +281,7 @@ MXK_BF16_INLINE __m512 dp(__m512 acc, __m512i w, __m512i a) {
 template <class F, int R, int NT>
 MXK_BF16_INLINE void rows_kernel16(const Fp4Weight& w, int64_t j, const uint16_t* ap, int64_t Kp, int64_t ch0,
                                    int64_t ch1, float* part, const Consts16& k) {
-  const int64_t rb = w.K / 2, nb = w.K / F::block;
+  const int64_t rb = w.K / 2;
   constexpr bool kSplit = !F::bf16 && R * NT <= 4;
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r)
@@ -285,22 +291,7 @@ MXK_BF16_INLINE void rows_kernel16(const Fp4Weight& w, int64_t j, const uint16_t
     const __mmask64 bm = cb == 64 ? ~__mmask64(0) : (__mmask64(1) << cb) - 1;
     __m512i q[R];
     __m512 s1[R], s3[R];
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* cp = w.codes + (j + r) * rb + ch * 64;
-      _mm_prefetch(reinterpret_cast<const char*>(cp + kFp4PrefetchBytes), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w.scales + (j + r) * nb + ch * (128 / F::block) +
-                                                 kFp4PrefetchBytes * 2 / F::block),
-                   _MM_HINT_T0);
-      q[r] = _mm512_maskz_loadu_epi8(bm, cp);
-      const __m512 sc = scale_vec<F>(w.scales + (j + r) * nb, ch, nb, k.f);
-      if constexpr (F::bf16) {
-        const __m512 mlt = _mm512_div_ps(sc, k.f.gs);
-        s1[r] = round_bf16_v(mlt);
-        s3[r] = round_bf16_v(_mm512_mul_ps(mlt, _mm512_set1_ps(1.5f)));
-      } else {
-        s1[r] = sc;
-      }
-    }
+    for (int r = 0; r < R; ++r) load_row_chunk<F>(w, j + r, ch, bm, k.f, q[r], s1[r], s3[r]);
     const uint16_t* a = ap + ch * 128;
     constexpr int kH = kSplit ? 2 : 1;
     __m512 pa[R][NT][kH], pb[R][NT];
