@@ -52,12 +52,17 @@ inline float rne_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 
 // Column c of a row in the packed activation layout.
 inline int64_t packed_pos(int64_t c) { return c / 128 * 128 + 16 * (c % 8) + (c % 128) / 8; }
+// Column c of a row in the bf16 activation layout.
+inline int64_t packed_pos16(int64_t c) { return c / 128 * 128 + 32 * (c % 4) + (c % 128) / 4; }
 
-void gemv_scalar(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64_t n, float alpha,
-                 const float* bias, float* y, int64_t ldy) {
+// The scalar fallback of both kernels: element by element in column order (as the ref backend); act(m, c)
+// reads activation column c of token row m from its packed layout.
+template <class Act>
+void gemv_scalar(const Fp4Weight& w, int64_t r0, int64_t r1, int64_t n, float alpha, const float* bias, float* y,
+                 int64_t ldy, Act act) {
   const float* lut = decode_table(Encoding::E2M1);
   const float* st = decode_table(w.scale);
-  const int64_t rb = w.K / 2, nb = w.K / w.block, Kp = fp4_act_stride(w.K);
+  const int64_t rb = w.K / 2, nb = w.K / w.block;
   for (int64_t j = r0; j < r1; ++j)
     for (int64_t m = 0; m < n; ++m) {
       float acc = 0;
@@ -66,7 +71,7 @@ void gemv_scalar(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, in
         const uint8_t s = w.scales[j * nb + c / w.block];
         float v = lut[c % 2 ? b >> 4 : b & 0xf] * (w.gs > 0 ? st[s] / w.gs : st[s]);
         if (w.gs > 0) v = rne_bf16(v);
-        acc += ap[m * Kp + packed_pos(c)] * v;
+        acc += act(m, c) * v;
       }
       y[m * ldy + j] = acc * alpha + (bias ? bias[j] : 0.0f);
     }
@@ -518,27 +523,6 @@ MXK_BF16_TARGET bool panel16_avx512(const Fp4Weight& w, int64_t r0, int64_t r1, 
   return true;
 }
 
-// Column c of a row in the bf16 activation layout.
-inline int64_t packed_pos16(int64_t c) { return c / 128 * 128 + 32 * (c % 4) + (c % 128) / 4; }
-
-void gemv16_scalar(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
-                   const float* bias, float* y, int64_t ldy) {
-  const float* lut = decode_table(Encoding::E2M1);
-  const float* st = decode_table(w.scale);
-  const int64_t rb = w.K / 2, nb = w.K / w.block, Kp = fp4_act_stride(w.K);
-  for (int64_t j = r0; j < r1; ++j)
-    for (int64_t m = 0; m < n; ++m) {
-      float acc = 0;
-      for (int64_t c = 0; c < w.K; ++c) {
-        const uint8_t b = w.codes[j * rb + c / 2];
-        const uint8_t s = w.scales[j * nb + c / w.block];
-        float v = lut[c % 2 ? b >> 4 : b & 0xf] * (w.gs > 0 ? st[s] / w.gs : st[s]);
-        if (w.gs > 0) v = rne_bf16(v);
-        acc += bf16_to_f32(ap[m * Kp + packed_pos16(c)]) * v;
-      }
-      y[m * ldy + j] = acc * alpha + (bias ? bias[j] : 0.0f);
-    }
-}
 
 // One 128-column chunk (n_valid columns) of a row into the bf16 layout; false when a value does
 // not pass (see fp4_pack_activations_bf16).
@@ -596,7 +580,8 @@ void fp4_gemv(const Fp4Weight& w, int64_t r0, int64_t r1, const float* ap, int64
     if (w.block == 32 && w.scale == Encoding::UE8M0 && w.gs <= 0)
       return gemv_avx512<Fmt<32, false, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
   }
-  gemv_scalar(w, r0, r1, ap, n, alpha, bias, y, ldy);
+  const int64_t Kp = fp4_act_stride(w.K);
+  gemv_scalar(w, r0, r1, n, alpha, bias, y, ldy, [&](int64_t m, int64_t c) { return ap[m * Kp + packed_pos(c)]; });
 }
 
 bool fp4_bf16_dot_active() { return simd_active() && cpu_has_bf16(); }
@@ -639,7 +624,9 @@ void fp4_gemv_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* a
     if (w.block == 32 && w.scale == Encoding::UE8M0 && w.gs <= 0)
       return gemv16_avx512<Fmt<32, false, false>>(w, r0, r1, ap, n, alpha, bias, y, ldy);
   }
-  gemv16_scalar(w, r0, r1, ap, n, alpha, bias, y, ldy);
+  const int64_t Kp = fp4_act_stride(w.K);
+  gemv_scalar(w, r0, r1, n, alpha, bias, y, ldy,
+              [&](int64_t m, int64_t c) { return bf16_to_f32(ap[m * Kp + packed_pos16(c)]); });
 }
 
 bool fp4_gemm_panel_bf16(const Fp4Weight& w, int64_t r0, int64_t r1, const uint16_t* ap, int64_t n, float alpha,
