@@ -435,59 +435,53 @@ TEST(CpuKernels, WorkPoolRunsEveryItemOnce) {
   other.join();
 }
 
-// The portable path a CPU without AVX-512 takes (both this backend's kernels and the quantizers).
+// Ref, the CPU backend, and the CPU backend with its kernels forced scalar (and the quantizers too when
+// `quant_too`: the portable path a CPU without AVX-512 takes) on one layer and input.
+struct ThreeRuns {
+  MoeResult ref, fast, slow;
+};
+ThreeRuns run_ref_simd_scalar(const MoeLayer& l, const Tensor& x, Emulation e, bool quant_too) {
+  MoeOptions o;
+  o.emulation = e;
+  o.backend = Backend::Ref;
+  ThreeRuns r;
+  r.ref = run_moe(l, x, o);
+  o.backend = Backend::Cpu;
+  r.fast = run_moe(l, x, o);
+  moe::cpu::force_scalar(true);
+  if (quant_too) mxmoe::cpu::force_scalar(true);
+  EXPECT_FALSE(moe::cpu::simd_active());
+  r.slow = run_moe(l, x, o);
+  moe::cpu::force_scalar(false);
+  if (quant_too) mxmoe::cpu::force_scalar(false);
+  return r;
+}
+
 // Enough tokens per expert (T = 96, 6 experts, top-2: ~32 each) that the CPU backend takes the
 // decoded-panel GEMM for FP4 weights with bf16 activations (heuristics.hpp use_panel): cpu vs ref
-// and vs the forced-scalar path, both modes.
+// and vs the forced-scalar kernels, both modes.
 TEST(CpuKernels, ManyTokensPerExpertLayerMatchesRef) {
   for (const char* name : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16"}) {
-    const MoeScheme& s = parse_moe_scheme(name);
-    const MoeLayer l = synthetic_layer({"small", 256, 96, 6, 2}, s, 4);
+    const MoeLayer l = synthetic_layer({"small", 256, 96, 6, 2}, parse_moe_scheme(name), 4);
     const Tensor x = test::random_tensor(DType::BF16, {96, 256}, 8);
     for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
-      MoeOptions o;
-      o.emulation = e;
-      o.backend = Backend::Ref;
-      const MoeResult ref = run_moe(l, x, o);
-      o.backend = Backend::Cpu;
-      const MoeResult fast = run_moe(l, x, o);
-      moe::cpu::force_scalar(true);
-      const MoeResult slow = run_moe(l, x, o);
-      moe::cpu::force_scalar(false);
-      double num = 0, den = 0, num2 = 0;
-      for (int64_t i = 0; i < ref.out.numel(); ++i) {
-        const double r = ref.out.ptr<float>()[i], f = fast.out.ptr<float>()[i];
-        ASSERT_TRUE(std::isfinite(f)) << i;
-        num += (f - r) * (f - r);
-        num2 += (f - slow.out.ptr<float>()[i]) * (f - slow.out.ptr<float>()[i]);
-        den += r * r;
-      }
-      EXPECT_LT(std::sqrt(num / den), 2e-3) << name << " " << emulation_name(e) << " vs ref";
-      EXPECT_LT(std::sqrt(num2 / den), 2e-3) << name << " " << emulation_name(e) << " vs scalar";
+      const ThreeRuns r = run_ref_simd_scalar(l, x, e, false);
+      EXPECT_EQ(test::first_nonfinite(r.fast.out), -1) << name;
+      EXPECT_LT(test::rel_l2(r.fast.out, r.ref.out), 2e-3) << name << " " << emulation_name(e) << " vs ref";
+      EXPECT_LT(test::rel_l2(r.fast.out, r.slow.out), 2e-3) << name << " " << emulation_name(e) << " vs scalar";
     }
   }
 }
 
+// The whole portable path (kernels and quantizers scalar) against ref, every weight family.
 TEST(CpuKernels, ForceScalarLayerMatchesRef) {
   for (const char* name : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp8_e4m3_a16"}) {
-    const MoeScheme& s = parse_moe_scheme(name);
-    const MoeLayer l = synthetic_layer({"small", 128, 64, 6, 2}, s, 9);
+    const MoeLayer l = synthetic_layer({"small", 128, 64, 6, 2}, parse_moe_scheme(name), 9);
     const Tensor x = test::random_tensor(DType::BF16, {11, 128}, 3);
     for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
-      MoeOptions o;
-      o.emulation = e;
-      o.backend = Backend::Ref;
-      const MoeResult ref = run_moe(l, x, o);
-      o.backend = Backend::Cpu;
-      const MoeResult fast = run_moe(l, x, o);
-      moe::cpu::force_scalar(true);
-      mxmoe::cpu::force_scalar(true);
-      EXPECT_FALSE(moe::cpu::simd_active());
-      const MoeResult slow = run_moe(l, x, o);
-      moe::cpu::force_scalar(false);
-      mxmoe::cpu::force_scalar(false);
-      EXPECT_LT(test::rel_l2(slow.out, ref.out), 2e-3) << name << " " << emulation_name(e) << " scalar";
-      EXPECT_LT(test::rel_l2(fast.out, ref.out), 2e-3) << name << " " << emulation_name(e) << " simd";
+      const ThreeRuns r = run_ref_simd_scalar(l, x, e, true);
+      EXPECT_LT(test::rel_l2(r.slow.out, r.ref.out), 2e-3) << name << " " << emulation_name(e) << " scalar";
+      EXPECT_LT(test::rel_l2(r.fast.out, r.ref.out), 2e-3) << name << " " << emulation_name(e) << " simd";
     }
   }
 }
