@@ -205,7 +205,6 @@ MXK_INLINE void rows_kernel(const Fp4Weight& w, int64_t j, const float* ap, int6
 
 // Rows [r0, r1) (at most kRowStep) for NT token rows: the K dimension in slabs whose activations
 // (NT rows) stay in L1 while every row of the block streams past; groups of R rows, then single rows.
-constexpr int64_t kRowStep = 16;
 // Token rows per pass over a row block (BM_Fp4GemvKernel, 1 core): the factored kernel peaks at
 // 2 tokens x 4 rows (~150 GFLOP/s; 5-8 token kernels spill and run at a third of that), the bf16
 // kernel at 4 tokens x 2 rows. Larger n re-decodes the L1-resident row block per group.
@@ -252,15 +251,9 @@ MXK_TARGET void gemv_avx512(const Fp4Weight& w, int64_t r0, int64_t r1, const fl
   for (int64_t j0 = r0; j0 < r1; j0 += kRowStep) {
     const int64_t j1 = std::min(r1, j0 + kRowStep);
     for (int64_t m0 = 0; m0 < n; m0 += kTokenGroup<F>) {
-      const float* a = ap + m0 * Kp;
-      float* yy = y + m0 * ldy;
-      switch (std::min<int64_t>(kTokenGroup<F>, n - m0)) {
-        case 1: rows_loop<F, 1>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 2: rows_loop<F, 2>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 3: rows_loop<F, 3>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 4: rows_loop<F, 4>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        default: break;  // n - m0 >= 1 and at most kTokenGroup
-      }
+      with_token_group<kTokenGroup<F>>(std::min<int64_t>(kTokenGroup<F>, n - m0), [&](auto nt) {
+        rows_loop<F, nt>(w, j0, j1, ap + m0 * Kp, Kp, alpha, bias, y + m0 * ldy, ldy, k);
+      });
     }
   }
 }

@@ -121,7 +121,6 @@ MXW_INLINE void rows_kernel(const MxWeight& w, int64_t j, const A* ap, int64_t K
     for (int m = 0; m < NT; ++m) part[r * 8 + m] += _mm512_reduce_add_ps(acc[r][m]);
 }
 
-constexpr int64_t kRowStep = 16;  // rows whose packed bytes stay in L1 while token groups pass
 constexpr int kTokenGroup = 4;
 
 // Rows [r0, r1) (at most kRowStep) for NT token rows, K in slabs of 16 KiB of activations (L1).
@@ -163,15 +162,9 @@ MXW_TARGET void gemv_avx512(const MxWeight& w, int64_t r0, int64_t r1, const A* 
   for (int64_t j0 = r0; j0 < r1; j0 += kRowStep) {
     const int64_t j1 = std::min(r1, j0 + kRowStep);
     for (int64_t m0 = 0; m0 < n; m0 += kTokenGroup) {
-      const A* a = ap + m0 * Kp;
-      float* yy = y + m0 * ldy;
-      switch (std::min<int64_t>(kTokenGroup, n - m0)) {
-        case 1: rows_loop<kBits, A, 1>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 2: rows_loop<kBits, A, 2>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 3: rows_loop<kBits, A, 3>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        case 4: rows_loop<kBits, A, 4>(w, j0, j1, a, Kp, alpha, bias, yy, ldy, k); break;
-        default: break;  // n - m0 >= 1 and at most kTokenGroup
-      }
+      with_token_group<kTokenGroup>(std::min<int64_t>(kTokenGroup, n - m0), [&](auto nt) {
+        rows_loop<kBits, A, nt>(w, j0, j1, ap + m0 * Kp, Kp, alpha, bias, y + m0 * ldy, ldy, k);
+      });
     }
   }
 }

@@ -134,7 +134,6 @@ VLK_INLINE void rows_kernel(const Fp4Weight& w, const Nvfp4VllmTable& t, int64_t
       part[r * 8 + m] += _mm512_reduce_add_ps(kS == 2 ? _mm512_add_ps(acc[r][m][0], acc[r][m][kS - 1]) : acc[r][m][0]);
 }
 
-constexpr int64_t kRowStep = 16;  // rows whose packed bytes stay in L1 while token groups pass
 constexpr int kTokenGroup = 4;
 
 // Rows [r0, r1) (at most kRowStep) for NT token rows, K in slabs of 16 KiB of activations (L1).
@@ -166,15 +165,9 @@ VLK_TARGET void gemv_avx512(const Fp4Weight& w, const Nvfp4VllmTable& t, int64_t
   for (int64_t j0 = r0; j0 < r1; j0 += kRowStep) {
     const int64_t j1 = std::min(r1, j0 + kRowStep);
     for (int64_t m0 = 0; m0 < n; m0 += kTokenGroup) {
-      const uint16_t* a = pair + m0 * Kp;
-      float* yy = y + m0 * ldy;
-      switch (std::min<int64_t>(kTokenGroup, n - m0)) {
-        case 1: rows_loop<1>(w, t, j0, j1, a, Kp, alpha, bias, yy, ldy); break;
-        case 2: rows_loop<2>(w, t, j0, j1, a, Kp, alpha, bias, yy, ldy); break;
-        case 3: rows_loop<3>(w, t, j0, j1, a, Kp, alpha, bias, yy, ldy); break;
-        case 4: rows_loop<4>(w, t, j0, j1, a, Kp, alpha, bias, yy, ldy); break;
-        default: break;  // n - m0 >= 1 and at most kTokenGroup
-      }
+      with_token_group<kTokenGroup>(std::min<int64_t>(kTokenGroup, n - m0), [&](auto nt) {
+        rows_loop<nt>(w, t, j0, j1, pair + m0 * Kp, Kp, alpha, bias, y + m0 * ldy, ldy);
+      });
     }
     // Activations are finite and no sum can overflow, so a NaN output means a NaN table row: the
     // row holds a scale code outside the table's range (or a NaN scale).

@@ -4,6 +4,8 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 namespace mxmoe::moe::cpu {
 
@@ -58,6 +60,19 @@ inline GemmPath choose_path(int fused_bits, int64_t tokens) {
 #define MXMOE_FP4_PREFETCH 8192
 #endif
 inline constexpr int64_t kFp4PrefetchBytes = MXMOE_FP4_PREFETCH;
+
+// Weight rows per block of the fused GEMV kernels: a block's packed bytes stay in L1 while the token
+// groups pass over it.
+inline constexpr int64_t kRowStep = 16;
+
+// Calls f(std::integral_constant<int, nt>{}) for nt in [1, G]: each token-group size of a fused kernel
+// gets its own register-blocked instantiation.
+template <int G, class F>
+inline void with_token_group(int64_t nt, F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (void)((nt == I + 1 && (f(std::integral_constant<int, I + 1>{}), true)) || ...);
+  }(std::make_integer_sequence<int, G>{});
+}
 
 // Weight rows per work item: small enough to balance 2 threads over a handful of experts, large
 // enough that scheduling (one atomic per item) is noise.
