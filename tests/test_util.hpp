@@ -63,6 +63,22 @@ inline double rel_l2(const Tensor& got, const Tensor& want) {
   return rel_l2(got.ptr<float>(), want.ptr<float>(), want.numel());
 }
 
+// The float64 reference of one GEMV output, alpha * (a . w) + bias over K terms, and the float32
+// accumulation bound around it: 2 K 2^-24 times the sum of the products' magnitudes (any summation
+// order), plus slack for the epilogue. want is NaN when the dot product is.
+struct GemvRef {
+  double want, bound;
+};
+inline GemvRef gemv_ref(const float* a, const float* w, int64_t K, float alpha, double bias) {
+  double exact = 0, mag = 0;
+  for (int64_t c = 0; c < K; ++c) {
+    exact += double(a[c]) * w[c];
+    mag += std::fabs(double(a[c]) * w[c]);
+  }
+  const double want = exact * alpha + bias;
+  return {want, 2.0 * double(K) * 0x1p-24 * mag * alpha + 1e-6 * std::fabs(want) + 1e-30};
+}
+
 // Index of the first NaN or Inf of a float32 tensor, or -1.
 inline int64_t first_nonfinite(const Tensor& t) {
   for (int64_t i = 0; i < t.numel(); ++i)
