@@ -282,6 +282,12 @@ struct ForcePath {
   ~ForcePath() { mxmoe::moe::cuda::gemm_path_override() = saved; }
 };
 
+struct ForceWgmma {
+  bool saved = mxmoe::moe::cuda::tile128_wgmma_enabled();
+  explicit ForceWgmma(bool on) { mxmoe::moe::cuda::tile128_wgmma_enabled() = on; }
+  ~ForceWgmma() { mxmoe::moe::cuda::tile128_wgmma_enabled() = saved; }
+};
+
 // The GEMV kernel (sm90_fp4_moe_gemv.cu), the tiled kernel and the 128 x 128 kernel
 // (sm80_moe_gemm_tile128.cu) on the same inputs, each against the CPU ref, and against the tiled
 // kernel, at token counts where the heuristic would pick another one (tiles of 8 tokens over crowded
@@ -294,7 +300,9 @@ TEST(CudaMoeDevice, GemmPathsAgree) {
   SKIP_WITHOUT_DEVICE();
   using mxmoe::moe::cuda::GemmPath;
   const SyntheticShape wide{"wide", 352, 160, 32, 4};
-  const char* names[] = {"tiled", "gemv", "tile128"};
+  // tile128 on wgmma where the GPU takes it (sm_90a), and again with mma.sync: the same bf16 tiles and k16
+  // order, only the tensor cores' instruction differs.
+  const char* names[] = {"tiled", "gemv", "tile128", "tile128-mma.sync"};
   for (const char* sname : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16", "w_mxfp4_a16", "w_mxfp4_a_fp8",
                             "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp8_e4m3_a16"})
     for (const SyntheticShape* sh : {&kSmall, &wide}) {
@@ -307,19 +315,23 @@ TEST(CudaMoeDevice, GemmPathsAgree) {
           MoeOptions o;
           o.emulation = e;
           o.backend = Backend::Cuda;
-          MoeResult r[3];
-          for (int i = 0; i < 3; ++i) {
+          MoeResult r[4];
+          for (int i = 0; i < 4; ++i) {
             ForcePath f(i == 0 ? GemmPath::Tiled : i == 1 ? GemmPath::Gemv : GemmPath::Tile128);
+            ForceWgmma wg(i != 3);
             const Compared c = compare(l, x, e, what);
             EXPECT_LT(c.err, kTol) << what << " " << names[i] << " vs ref";
             EXPECT_EQ(c.id_mismatch, 0) << what;
             r[i] = run_moe(l, x, o);
           }
-          for (int i = 1; i < 3; ++i) {
+          for (int i = 1; i < 4; ++i) {
             const double d = rel_l2(r[i].out.ptr<float>(), r[0].out.ptr<float>(), r[0].out.numel());
             EXPECT_LT(d, kTol) << what << ": " << names[i] << " vs tiled";
             std::printf("[ %-52s ] rel L2 %s vs tiled %.2e\n", what.c_str(), names[i], d);
           }
+          const double dw = rel_l2(r[2].out.ptr<float>(), r[3].out.ptr<float>(), r[3].out.numel());
+          EXPECT_LT(dw, kTol) << what << ": tile128 wgmma vs mma.sync";
+          std::printf("[ %-52s ] rel L2 tile128 vs tile128-mma.sync %.2e\n", what.c_str(), dw);
         }
       }
     }

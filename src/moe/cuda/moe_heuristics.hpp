@@ -39,6 +39,16 @@ constexpr int kGemvMaxSmem = 160 * 1024;
 // measured on the H200 (bench/RESULTS.md, "v5"): level with the tiled kernel at 16, ahead from 32 on.
 constexpr double kTile128MinAvgRows = 16.0;
 
+// tile128's products on wgmma where the GPU runs sm_90a code (else mma.sync). MXMOE_CUDA_WGMMA=0 turns
+// it off for A/B runs; tests flip it to compare the two on the same inputs.
+inline bool& tile128_wgmma_enabled() {
+  static bool on = [] {
+    const char* v = std::getenv("MXMOE_CUDA_WGMMA");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
 // FP4 weight streams: L2 prefetch distance in 128-element chunks past the register loads (GemmArgs::
 // l2_ahead; MXMOE_CUDA_L2_AHEAD=n for A/B runs, 0 turns it off). Measured on the H200 (bench/RESULTS.md
 // v6, Qwen3 NVFP4): 0 / 4 / 8 / 16 chunks gave T = 1 38.1 / 37.1 / 37.2 / 38.1 us, T = 64 239 / 235 / 238 /

@@ -17,9 +17,17 @@
 //  - 8 warps = 2 (weight rows) x 4 (tokens), a 64 x 32 warp tile: 16 accumulators of 16 x 8;
 //  - tile rows follow the GEMV kernel's m-tile rows (gemv::tile_row), so for GEMM1 a thread's rows g and
 //    g + 8 are the gate and up rows of one output column; the epilogue is the GEMV kernel's.
+//
+// On sm_90a the products run on wgmma instead (WG = true): each warpgroup multiplies its 64 weight rows by
+// all the tile's tokens (m64n128k16, or n64 when the tile has at most 64 tokens) straight from the same
+// swizzled tiles, which are exactly wgmma's 128-byte-swizzle K-major layout, so the ldmatrix and mma.sync
+// instructions that made the loop issue-bound leave the SMs' instruction stream. The products are issued
+// before the next chunk's decode and waited for after it.
 #include <type_traits>
 
+#include "moe/cuda/moe_heuristics.hpp"
 #include "moe/cuda/sm90_fp4_gemv.cuh"
+#include "moe/cuda/sm90_wgmma.cuh"
 
 namespace mxmoe::moe::cuda {
 namespace tile128 {
@@ -29,13 +37,15 @@ using gemm::Raw;
 constexpr int kBN = 128, kKc = 64, kThreads = 256;
 constexpr int kTileBytes = 128 * kKc * 2;  // one operand tile of one chunk
 constexpr int kLutOffset = 4 * kTileBytes + kBN * 8;
-constexpr int kSmemBytes = kLutOffset + gemv::kLutBytes;  // A and B double buffered, B row indices, tables
+// A and B double buffered, B row indices, tables; + 1024 to align the tiles to wgmma's swizzle pattern.
+constexpr int kSmemBytes = kLutOffset + gemv::kLutBytes + 1024;
 
 __device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 128 + ((unit ^ (row & 7)) << 4)); }
 
-template <WKind W, bool GATED>
+template <WKind W, bool GATED, bool WG>
 __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) {
-  extern __shared__ __align__(128) uint8_t smem[];
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  uint8_t* const smem = smem_raw + ((1024 - (sm80::smem_addr(smem_raw) & 1023)) & 1023);
   const int tile = blockIdx.x;
   if (tile >= *a.num_tiles) return;
   const int4 td = a.tiles[tile];
@@ -94,13 +104,11 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
     if (++bk == nch) bk = 0, ++bt;
   };
 
-  float acc[4][4][4];
+  // 16 accumulators of 16 x 8: mma.sync, acc + 4 (4 i + j) holds m-tile i, tokens 32 wn + 8 j; wgmma,
+  // acc + 4 q holds this warp's m-tile, tokens 8 q.
+  float acc[64];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
 
   load_w();
   load_b(0);
@@ -109,12 +117,25 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
   for (int c = 0; c < nsteps; ++c) {
     const int buf = c & 1;
     sm80::cp_async_wait<0>();
+    if constexpr (WG) sm90::fence_proxy_async();  // this thread's tile stores and copies, for the tensor cores
     __syncthreads();  // A[buf] written, B[buf] landed; everyone is done with the other buffers
     if (c + 1 < nsteps) load_b(buf ^ 1);
     const uint32_t A = sbase + uint32_t(buf * kTileBytes), B = sbase + uint32_t((2 + buf) * kTileBytes);
+    if constexpr (WG) {
+      const uint64_t da = sm90::desc_sw128(A + uint32_t(wm * 64 * 128)), db = sm90::desc_sw128(B);
+      sm90::wgmma_fence();
+      if (n > 64) {
+#pragma unroll
+        for (int ks = 0; ks < kKc / 16; ++ks) sm90::wgmma_bf16<128>(acc, da + 2 * ks, db + 2 * ks);
+      } else {
+#pragma unroll
+        for (int ks = 0; ks < kKc / 16; ++ks) sm90::wgmma_bf16<64>(acc, da + 2 * ks, db + 2 * ks);
+      }
+      sm90::wgmma_commit();
+    }
     // A warp whose 32 tokens are all past the tile's n (the last tile of an expert) has only zero rows.
 #pragma unroll
-    for (int ks = 0; ks < kKc / 16 && 32 * wn < n; ++ks) {
+    for (int ks = 0; ks < kKc / 16 && !WG && 32 * wn < n; ++ks) {
       uint32_t af[4][4], bf[4][2];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
@@ -128,36 +149,46 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
       for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          sm80::mma_bf16(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
+          sm80::mma_bf16(acc + 4 * (4 * i + j), af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
     }
     // The next chunk's weights: decoded while this chunk's products drain through the tensor cores.
     if (c + 1 < nsteps) {
       store_w(buf ^ 1);
       if (c + 2 < nsteps) load_w();
     }
+    if constexpr (WG) sm90::wgmma_wait<0>();  // before the next barrier frees this chunk's tiles
   }
 
   // Epilogue per (m-tile, 8-token group): the GEMV kernel's, on rows p0 + 32 wn + 8 j ...
   const float alpha = cc::mul_rn(gemm::act_alpha(a, e), a.w_alpha[e]);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int m = blockIdx.y * 8 + 4 * wm + i;
-    if (m >= M16) continue;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int tok0 = 32 * wn + 8 * j;
-      if (tok0 < n) gemv::store_mtile<GATED>(a, e, alpha, mode, m, acc[i][j], n - tok0, int64_t(p0) + tok0);
-    }
+  for (int q = 0; q < 16; ++q) {
+    const int m = blockIdx.y * 8 + 4 * wm + (WG ? warp & 3 : q / 4), tok0 = WG ? 8 * q : 32 * wn + 8 * (q % 4);
+    if (m < M16 && tok0 < n) gemv::store_mtile<GATED>(a, e, alpha, mode, m, acc + 4 * q, n - tok0, int64_t(p0) + tok0);
   }
+}
+
+// wgmma runs where the kernel's loaded binary is sm_90a code (an sm_80-only build, or PTX compiled for
+// another GPU, runs the mma.sync kernel), unless MXMOE_CUDA_WGMMA=0.
+template <typename K>
+bool wgmma_usable(K kernel) {
+  cudaFuncAttributes fa{};
+  return cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion == 90;
+}
+
+template <WKind W, bool GATED, bool WG>
+cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
+  const cudaError_t err = ensure_smem<tile128_kernel<W, GATED, WG>>(kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(unsigned(a.max_tiles), unsigned((a.N / 16 + 7) / 8));
+  tile128_kernel<W, GATED, WG><<<grid, kThreads, kSmemBytes, s>>>(a);
+  return cudaGetLastError();
 }
 
 template <WKind W, bool GATED>
 cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
-  const cudaError_t err = ensure_smem<tile128_kernel<W, GATED>>(kSmemBytes);
-  if (err != cudaSuccess) return err;
-  const dim3 grid(unsigned(a.max_tiles), unsigned((a.N / 16 + 7) / 8));
-  tile128_kernel<W, GATED><<<grid, kThreads, kSmemBytes, s>>>(a);
-  return cudaGetLastError();
+  static const bool wg = wgmma_usable(tile128_kernel<W, GATED, true>);
+  return (wg && tile128_wgmma_enabled()) ? launch<W, GATED, true>(a, s) : launch<W, GATED, false>(a, s);
 }
 
 template <WKind W>
