@@ -1,5 +1,6 @@
 // Device pieces of the router shared by the route kernels (moe_route.cu) and the fused small-T layer
-// kernel: the logits of one expert for 4 tokens, and the top-k selection of one token.
+// kernel: the logits of one expert for 4 tokens, and the top-k selection of one token (softmax_topk,
+// topk_then_softmax; the grouped sigmoid router runs in moe_route.cu only).
 #pragma once
 #include <cfloat>
 
@@ -73,6 +74,35 @@ __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
   return a > b || (a == b && ia < ib);
 }
 
+// k rounds of a warp arg-max over the lanes' candidates sc[i] (expert lane + 32 i) whose bit i of
+// `removed` is clear (set it for experts past E): lane j < k gets the j-th best (higher score, then lower
+// index) in id / score.
+template <int NPL>
+__device__ __forceinline__ void warp_top_k(const float (&sc)[NPL], uint32_t removed, int k, int lane, int& id,
+                                           float& score) {
+  int my_id = 0;
+  float my_score = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    float best = 0.0f;
+    int bidx = INT_MAX;
+#pragma unroll
+    for (int i = 0; i < NPL; ++i) {
+      const int e = lane + 32 * i;
+      if (!((removed >> i) & 1u) && (bidx == INT_MAX || ranks_before(sc[i], e, best, bidx))) best = sc[i], bidx = e;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bidx, o);
+      if (oi != INT_MAX && (bidx == INT_MAX || ranks_before(ob, oi, best, bidx))) best = ob, bidx = oi;
+    }
+    if (bidx == INT_MAX) bidx = 0;  // unreachable for k <= candidates; keeps indices in bounds
+    if ((bidx & 31) == lane) removed |= 1u << (bidx >> 5);
+    if (lane == j) my_id = bidx, my_score = best;
+  }
+  id = my_id, score = my_score;
+}
+
 // Top-k of one token's logits x[E] by one warp: scores, k rounds of a warp arg-max (higher score, then
 // lower index), weights; lane j < k gets slot j's expert and weight. NPL candidates per lane
 // (E <= 32 * NPL). The lanes' slots past E hold -inf / 0, so a smaller NPL gives the same bits as 16
@@ -106,27 +136,12 @@ __device__ __forceinline__ void topk_select(const RouteArgs& a, const float* x, 
     for (int i = 0; i < NPL; ++i) sc[i] = v[i];
   }
   uint32_t removed = 0;
-  int my_id = 0;
-  float my_score = 0.0f;
-  for (int j = 0; j < a.k; ++j) {
-    float best = 0.0f;
-    int bidx = INT_MAX;
 #pragma unroll
-    for (int i = 0; i < NPL; ++i) {
-      const int e = lane + 32 * i;
-      if (e < a.E && !((removed >> i) & 1u) && (bidx == INT_MAX || ranks_before(sc[i], e, best, bidx)))
-        best = sc[i], bidx = e;
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bidx, o);
-      if (oi != INT_MAX && (bidx == INT_MAX || ranks_before(ob, oi, best, bidx))) best = ob, bidx = oi;
-    }
-    if (bidx == INT_MAX) bidx = 0;  // unreachable for k <= E; keeps indices in bounds
-    if ((bidx & 31) == lane) removed |= 1u << (bidx >> 5);
-    if (lane == j) my_id = bidx, my_score = best;
-  }
+  for (int i = 0; i < NPL; ++i)
+    if (lane + 32 * i >= a.E) removed |= 1u << i;
+  int my_id;
+  float my_score;
+  warp_top_k<NPL>(sc, removed, a.k, lane, my_id, my_score);
   // Weights, in slot order (lane j holds slot j).
   float w = my_score;
   if (softmax_first) {
