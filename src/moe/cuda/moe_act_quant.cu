@@ -1,5 +1,5 @@
 // The activation-quantization kernel (one thread per scale block, moe_act_quant.cuh), the three-term
-// bf16 split of float32 rows, and the finalize stage.
+// bf16 split of float32 rows, the router weight on the input rows, and the finalize stage.
 #include "moe/cuda/moe_act_quant.cuh"
 
 namespace mxmoe::moe::cuda {
@@ -10,7 +10,7 @@ __global__ void __launch_bounds__(256) quant_kernel(const QuantRowsArgs a) {
   constexpr int B = QTraits<Q>::block;
   const int64_t nb = a.K / B;
   const int64_t gid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (gid >= a.rows * nb) return;
+  if (gid >= (a.nrows_dev ? *a.nrows_dev : a.rows) * nb) return;
   const int64_t r = gid / nb, b = gid - r * nb;
   const int64_t sr = a.src_row ? a.src_row[r] : r;
   float v[B];
@@ -36,9 +36,25 @@ __global__ void __launch_bounds__(256) split3_kernel(const float* x, int64_t n, 
   }
 }
 
+__global__ void __launch_bounds__(256) scale_rows_kernel(const uint16_t* x, int64_t n, int64_t H, const float* w,
+                                                          int k, float* xs) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) xs[i] = cc::mul_rn(cc::bf16_to_f32(x[i]), w[i / H * k]);
+}
+
+// The shared experts' output is added after the routed sum, each rounded to bf16 in vllm mode (the
+// layer adds its two bf16 outputs, as run_moe).
 __global__ void __launch_bounds__(256) finalize_kernel(const FinalizeArgs a) {
   const int64_t gid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (gid < a.T * (a.H / 4)) finalize_vec4(a, gid);
+  if (gid >= a.T * (a.H / 4)) return;
+  finalize_vec4(a, gid);
+  if (a.shared == nullptr) return;
+  float4* o = reinterpret_cast<float4*>(a.out) + gid;
+  const float4 r = *o, s = __ldg(reinterpret_cast<const float4*>(a.shared) + gid);
+  float v[4] = {cc::add_rn(r.x, s.x), cc::add_rn(r.y, s.y), cc::add_rn(r.z, s.z), cc::add_rn(r.w, s.w)};
+  if (a.vllm)
+    for (float& f : v) f = round_bf16(f);
+  *o = make_float4(v[0], v[1], v[2], v[3]);
 }
 
 }  // namespace
@@ -65,6 +81,13 @@ cudaError_t quant_rows(const QuantRowsArgs& a, cudaStream_t s) {
 cudaError_t split_bf16x3(const float* x, int64_t n, uint16_t* y, cudaStream_t s) {
   if (n == 0) return cudaSuccess;
   split3_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(x, n, y);
+  return cudaGetLastError();
+}
+
+cudaError_t scale_rows(const uint16_t* x, int64_t T, int64_t H, const float* w, int k, float* xs, cudaStream_t s) {
+  const int64_t n = T * H;
+  if (n == 0) return cudaSuccess;
+  scale_rows_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(x, n, H, w, k, xs);
   return cudaGetLastError();
 }
 

@@ -32,11 +32,13 @@ struct QuantRowsArgs {
   int64_t ldx = 0;
   const int32_t* src_row = nullptr;     // row r reads x row src_row[r] (nullptr: r)
   const int32_t* row_expert = nullptr;  // expert of row r (per-expert scales)
-  const int64_t* nrows_dev = nullptr;   // number of rows (device) or nullptr: rows
+  const int64_t* nrows_dev = nullptr;   // number of rows (device, at most rows) or nullptr: rows
   int64_t rows = 0, K = 0;
   uint16_t* y = nullptr;  // bf16 [rows, K]
 };
 cudaError_t quant_rows(const QuantRowsArgs& a, cudaStream_t s);
+// xs[t, h] = x[t, h] * w[t * k] in float32 (bf16 x [T, H]): vLLM's apply_router_weight_on_input (k = 1).
+cudaError_t scale_rows(const uint16_t* x, int64_t T, int64_t H, const float* w, int k, float* xs, cudaStream_t s);
 // y[i * n + j] (i = 0, 1, 2) = hi, mid, lo of x[j]: each the bf16 (round to nearest) of what the terms
 // before it leave, so hi + mid + lo == x exactly (the swap-AB kernel's split of float32 B rows).
 cudaError_t split_bf16x3(const float* x, int64_t n, uint16_t* y, cudaStream_t s);
@@ -49,9 +51,12 @@ struct RouteArgs {
   const float* gate_bias = nullptr;
   int64_t T = 0, H = 0;
   int E = 0, k = 0;
-  int kind = 0;  // 0 softmax_topk, 2 topk_then_softmax (RouterKind values)
+  int kind = 0;  // 0 softmax_topk, 1 sigmoid_grouped_topk, 2 topk_then_softmax (RouterKind values)
   bool renormalize = true;
   float scaling = 1.0f;
+  // sigmoid_grouped_topk: the selection-only correction bias [E] (or nullptr) and the groups
+  const float* corr_bias = nullptr;
+  int n_group = 1, topk_group = 1;
   float* logits = nullptr;   // [T, E]
   float* rowamax = nullptr;  // [T]
   float* amax_x = nullptr;   // scalar (zeroed)
@@ -68,8 +73,18 @@ struct RouteArgs {
   float* amax1_e = nullptr;         // [E] per-expert amax of x rows
   int4* tiles = nullptr;            // {expert, first row, rows, 0}
   int32_t* num_tiles = nullptr;
+  // Expert parallelism: expert_map [E] global -> local id or -1 (nullptr: all local). Slots of experts
+  // of another rank get no row; their slot_to_perm is zero_row, a row of y that holds zeros.
+  const int32_t* expert_map = nullptr;
+  int32_t zero_row = 0;
+  bool amax_by_weight = false;  // per-expert amax of x rows times the slot-0 weight (weights on the input)
+  float* amax_routed = nullptr;   // atomic max of amax1_e over the experts (zeroed) or nullptr
+  int64_t* rows_routed = nullptr;  // the number of permuted rows, or nullptr
 };
 cudaError_t route(const RouteArgs& a, cudaStream_t s);
+// The tile list of one expert (0) taking all `rows` rows in order, tiles of at most tile_rows
+// (a dense MLP pass through the grouped GEMMs: the shared experts).
+cudaError_t dense_tiles(int64_t rows, int tile_rows, int4* tiles, int32_t* num_tiles, cudaStream_t s);
 // The logits (and |x| maxima) of route() on the tensor cores (sm80_router_logits.cu); needs gate3, H % 8 == 0.
 cudaError_t router_logits_mma(const RouteArgs& a, cudaStream_t s);
 
@@ -164,6 +179,7 @@ struct FinalizeArgs {
   int64_t T = 0, H = 0;
   int k = 0;
   bool vllm = true;
+  const float* shared = nullptr;  // [T, H] added to the sum (the shared experts) or nullptr
   float* out = nullptr;
 };
 cudaError_t finalize(const FinalizeArgs& a, cudaStream_t s);

@@ -1,8 +1,9 @@
 // Router and permutation on the device: logits = x . gate^T + bias (float32), softmax top-k (or top-k
-// then softmax) per token, then the deterministic grouping by expert of docs/routing.md: rows of one
-// expert are contiguous, experts in id order, rows of an expert in token order (slot order), exactly
-// like mxmoe::moe::group_by_expert. Also the per-token and per-expert amax of x (dynamic scales) and
-// the GEMM tile list {expert, first row, rows}.
+// then softmax, or DeepSeek-V3's grouped sigmoid top-k) per token, then the deterministic grouping by
+// expert of docs/routing.md: rows of one expert are contiguous, experts in id order, rows of an expert
+// in token order (slot order), exactly like mxmoe::moe::group_by_expert (with an expert_map the local
+// experts stay in global id order: only the row layout differs from the ref, not any result). Also the
+// per-token and per-expert amax of x (dynamic scales) and the GEMM tile list {expert, first row, rows}.
 #include <cstdlib>
 
 #include "moe/cuda/moe_heuristics.hpp"
@@ -39,18 +40,99 @@ __global__ void __launch_bounds__(256) logits_kernel(const RouteArgs a, int tpc)
   }
 }
 
+// Lane j < k writes slot j of token t, and counts it for the permutation unless its expert belongs to
+// another rank (then the finalize reads the zero row for it).
+__device__ __forceinline__ void emit_slot(const RouteArgs& a, int64_t t, int lane, int id, float w) {
+  if (lane >= a.k) return;
+  a.ids[t * a.k + lane] = id;
+  a.weights[t * a.k + lane] = w;
+  if (a.expert_map && a.expert_map[id] < 0) {
+    a.slot_to_perm[t * a.k + lane] = a.zero_row;
+    return;
+  }
+  atomicAdd(a.counts + id, 1);
+  atomicOr(a.bitmap + int64_t(id) * a.words + (t >> 5), 1u << (t & 31));
+}
+
 // One warp per token: the selection, then the outputs and the per-expert counts and token bitmap.
 template <int NPL>
 __device__ __forceinline__ void topk_token(const RouteArgs& a, int64_t t, int lane) {
   int my_id;
   float w;
   topk_select<NPL>(a, a.logits + t * a.E, lane, my_id, w);
-  if (lane < a.k) {
-    a.ids[t * a.k + lane] = my_id;
-    a.weights[t * a.k + lane] = w;
-    atomicAdd(a.counts + my_id, 1);
-    atomicOr(a.bitmap + int64_t(my_id) * a.words + (t >> 5), 1u << (t & 31));
+  emit_slot(a, t, lane, my_id, w);
+}
+
+// The ref's sigmoid 1 / (1 + exp(-x)) in float32, with exp in double rounded once to float32: the
+// correctly rounded expf (CUDA's expf is within 2 ulp), which glibc's expf in the CPU ref also returns
+// but for rare last-bit cases; scores, and so exact ties, match the ref's.
+__device__ __forceinline__ float sigmoid_ref(float x) {
+  return cc::div_rn(1.0f, cc::add_rn(1.0f, __double2float_rn(exp(-double(x)))));
+}
+
+constexpr int kGroupedWarps = 4;  // tokens per CTA of the grouped router (shared memory per warp)
+inline int grouped_smem_bytes(int E, int G) { return kGroupedWarps * (E + 2 * G) * 4; }
+
+// DeepSeek-V3's grouped sigmoid router for token t (mxmoe::moe::route, docs/routing.md): selection
+// score c = sigmoid + correction bias; group score = best + second best c of its E / G experts (ranking
+// rule: higher, then lower index); keep the topk_group best groups (a group's rank = the groups ranking
+// before it); top-k of c among their experts; weights = the chosen experts' uncorrected sigmoid,
+// renormalized by (sum in slot order + 1e-20), times the scaling factor. sel [E], gs [G], keep [G]: this
+// warp's shared memory.
+template <int NPL>
+__device__ __forceinline__ void grouped_topk_token(const RouteArgs& a, int64_t t, int lane, float* sel, float* gs,
+                                                   int* keep) {
+  const float* x = a.logits + t * a.E;
+  const int G = a.n_group, gsize = a.E / G;
+  float c[NPL];
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) {
+    const int e = lane + 32 * i;
+    c[i] = 0.0f;
+    if (e < a.E) {
+      const float sg = sigmoid_ref(x[e]);
+      c[i] = a.corr_bias ? cc::add_rn(sg, a.corr_bias[e]) : sg;
+      sel[e] = c[i];
+    }
   }
+  __syncwarp();
+  for (int g = lane; g < G; g += 32) {
+    const int base = g * gsize;
+    int b1 = base;
+    for (int e = base + 1; e < base + gsize; ++e)
+      if (ranks_before(sel[e], e, sel[b1], b1)) b1 = e;
+    float score = sel[b1];
+    if (gsize > 1) {
+      int b2 = -1;
+      for (int e = base; e < base + gsize; ++e)
+        if (e != b1 && (b2 < 0 || ranks_before(sel[e], e, sel[b2], b2))) b2 = e;
+      score = cc::add_rn(score, sel[b2]);
+    }
+    gs[g] = score;
+  }
+  __syncwarp();
+  for (int g = lane; g < G; g += 32) {
+    int rank = 0;
+    for (int h = 0; h < G; ++h) rank += ranks_before(gs[h], h, gs[g], g);
+    keep[g] = rank < a.topk_group;
+  }
+  __syncwarp();
+  uint32_t removed = 0;
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) {
+    const int e = lane + 32 * i;
+    if (e >= a.E || !keep[e / gsize]) removed |= 1u << i;
+  }
+  int id;
+  float score;
+  warp_top_k<NPL>(c, removed, a.k, lane, id, score);
+  float w = lane < a.k ? sigmoid_ref(x[id]) : 0.0f;
+  if (a.renormalize) {
+    float sum = 0.0f;
+    for (int j = 0; j < a.k; ++j) sum = cc::add_rn(sum, __shfl_sync(0xffffffffu, w, j));
+    w = cc::div_rn(w, cc::add_rn(sum, 1e-20f));
+  }
+  emit_slot(a, t, lane, id, cc::mul_rn(w, a.scaling));
 }
 
 __device__ __forceinline__ int warp_sum(int v) {
@@ -66,6 +148,24 @@ __global__ void __launch_bounds__(256) topk_kernel(const RouteArgs a) {
   topk_token<NPL>(a, t, threadIdx.x & 31);
 }
 
+template <int NPL>
+__global__ void __launch_bounds__(kGroupedWarps * 32) grouped_topk_kernel(const RouteArgs a) {
+  extern __shared__ float route_smem[];
+  const int warp = threadIdx.x >> 5;
+  const int64_t t = int64_t(blockIdx.x) * kGroupedWarps + warp;
+  if (t >= a.T) return;
+  float* sel = route_smem + warp * (a.E + 2 * a.n_group);
+  grouped_topk_token<NPL>(a, t, threadIdx.x & 31, sel, sel + a.E, reinterpret_cast<int*>(sel + a.E + a.n_group));
+}
+
+__global__ void dense_tiles_kernel(int64_t rows, int tile_rows, int4* tiles, int32_t* num_tiles) {
+  const int64_t n = (rows + tile_rows - 1) / tile_rows;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t left = rows - i * tile_rows;
+  if (i < n) tiles[i] = make_int4(0, int(i * tile_rows), int(left < tile_rows ? left : tile_rows), 0);
+  if (i == 0) *num_tiles = int32_t(n);
+}
+
 // One warp per expert: its row offset and tile offset (sums over the lower experts), its tiles, and
 // its rows in token order from the token bitmap.
 __device__ __forceinline__ void permute_expert(const RouteArgs& a, int e, int lane) {
@@ -78,7 +178,10 @@ __device__ __forceinline__ void permute_expert(const RouteArgs& a, int e, int la
   off = warp_sum(off), toff = warp_sum(toff);
   const int n = a.counts[e], nt = (n + TT - 1) / TT;
   for (int i = lane; i < nt; i += 32) a.tiles[toff + i] = make_int4(e, off + i * TT, min(TT, n - i * TT), 0);
-  if (e == a.E - 1 && lane == 0) *a.num_tiles = toff + nt;
+  if (e == a.E - 1 && lane == 0) {
+    *a.num_tiles = toff + nt;
+    if (a.rows_routed) *a.rows_routed = off + n;
+  }
   const uint32_t* bits = a.bitmap + int64_t(e) * a.words;
   int base = off;
   float amax = 0.0f;
@@ -104,14 +207,18 @@ __device__ __forceinline__ void permute_expert(const RouteArgs& a, int e, int la
           a.slot_to_perm[t * a.k + j] = r;
           break;
         }
-      amax = fmaxf(amax, a.rowamax[t]);
+      // weights on the input: max |x w| = max |x| * w (rounding is monotonic, w >= 0)
+      amax = fmaxf(amax, a.amax_by_weight ? cc::mul_rn(a.rowamax[t], a.weights[t * a.k]) : a.rowamax[t]);
       ++r;
     }
     base += __shfl_sync(0xffffffffu, pre, 31);
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  if (lane == 0) a.amax1_e[e] = amax;
+  if (lane == 0) {
+    a.amax1_e[e] = amax;
+    if (a.amax_routed) atomic_max_pos(a.amax_routed, amax);
+  }
 }
 
 __global__ void __launch_bounds__(256) permute_kernel(const RouteArgs a) {
@@ -127,7 +234,12 @@ int env_int(const char* name, int dflt) {
 
 template <int NPL>
 void launch_topk_permute(const RouteArgs& a, cudaStream_t s) {
-  topk_kernel<NPL><<<unsigned((a.T * 32 + 255) / 256), 256, 0, s>>>(a);
+  if (a.kind == 1) {
+    grouped_topk_kernel<NPL><<<unsigned((a.T + kGroupedWarps - 1) / kGroupedWarps), kGroupedWarps * 32,
+                               grouped_smem_bytes(a.E, a.n_group), s>>>(a);
+  } else {
+    topk_kernel<NPL><<<unsigned((a.T * 32 + 255) / 256), 256, 0, s>>>(a);
+  }
   permute_kernel<<<unsigned((a.E * 32 + 255) / 256), 256, 0, s>>>(a);
 }
 
@@ -152,6 +264,12 @@ cudaError_t route(const RouteArgs& a, cudaStream_t s) {
   if (legacy || a.E > 256) launch_topk_permute<16>(a, s);
   else if (a.E > 128) launch_topk_permute<8>(a, s);
   else launch_topk_permute<4>(a, s);
+  return cudaGetLastError();
+}
+
+cudaError_t dense_tiles(int64_t rows, int tile_rows, int4* tiles, int32_t* num_tiles, cudaStream_t s) {
+  const int64_t n = (rows + tile_rows - 1) / tile_rows;
+  dense_tiles_kernel<<<unsigned(n / 256 + 1), 256, 0, s>>>(rows, tile_rows, tiles, num_tiles);
   return cudaGetLastError();
 }
 
