@@ -455,12 +455,13 @@ TEST(CudaMoeDevice, AutoPicksCudaAndUnsupportedFallsBack) {
   const Tensor x = test::random_tensor(DType::BF16, {4, l.hidden}, 1);
   MoeOptions o;
   EXPECT_EQ(run_moe(l, x, o).backend.rfind("cuda (auto", 0), 0u);
-  o.expert_map.assign(size_t(l.num_experts), 0);
-  for (int e = 0; e < l.num_experts; ++e) o.expert_map[size_t(e)] = e;
-  const MoeResult r = run_moe(l, x, o);
-  EXPECT_NE(r.backend.find("expert_map"), std::string::npos) << r.backend;
+  // A hidden size CUDA cannot tile: auto falls back to the CPU and says why; --backend cuda refuses.
+  const MoeLayer odd = synthetic_layer({"odd", 48, 64, 4, 2}, parse_moe_scheme("w_nvfp4_a_nvfp4"), 1);
+  const Tensor xo = test::random_tensor(DType::BF16, {4, odd.hidden}, 1);
+  const MoeResult r = run_moe(odd, xo, o);
+  EXPECT_NE(r.backend.find("multiples of 32"), std::string::npos) << r.backend;
   o.backend = Backend::Cuda;
-  test::expect_error([&] { run_moe(l, x, o); }, "expert_map");
+  test::expect_error([&] { run_moe(odd, xo, o); }, "multiples of 32");
 }
 
 struct GoldenCase {
@@ -504,12 +505,10 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, CudaMoeDeviceGolden,
 TEST(CudaMoeHost, UnsupportedLayersAreNamed) {
   MoeLayer l = small_layer(parse_moe_scheme("w_nvfp4_a_nvfp4"), 1, false);
   EXPECT_TRUE(cuda_moe_unsupported(l, Emulation::VLLM).empty());
-  l.router.kind = RouterKind::SigmoidGroupedTopK;
-  EXPECT_NE(cuda_moe_unsupported(l, Emulation::VLLM).find("sigmoid_grouped_topk"), std::string::npos);
-  MoeLayer ds = synthetic_layer(synthetic_shape("tiny"), parse_moe_scheme("w_mxfp4_a_mxfp4"), 1);
-  ds.shared_w13 = ds.w13, ds.shared_w2 = ds.w2, ds.shared_inter = ds.inter;
-  ds.shared_w13.resize(1), ds.shared_w2.resize(1);
-  EXPECT_NE(cuda_moe_unsupported(ds, Emulation::Exact).find("shared experts"), std::string::npos);
+  l.router.top_k = 33;
+  EXPECT_NE(cuda_moe_unsupported(l, Emulation::VLLM).find("top_k 33"), std::string::npos);
+  const MoeLayer odd = synthetic_layer({"odd", 48, 64, 4, 2}, parse_moe_scheme("w_nvfp4_a_nvfp4"), 1);
+  EXPECT_NE(cuda_moe_unsupported(odd, Emulation::Exact).find("multiples of 32"), std::string::npos);
 }
 
 }  // namespace

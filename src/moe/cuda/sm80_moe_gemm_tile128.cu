@@ -36,8 +36,12 @@ namespace {
 using gemm::Raw;
 constexpr int kBN = 128, kKc = 64, kThreads = 256;
 constexpr int kTileBytes = 128 * kKc * 2;  // one operand tile of one chunk
-constexpr int kLutOffset = 4 * kTileBytes + kBN * 8;
-// A and B double buffered, B row indices, tables; + 1024 to align the tiles to wgmma's swizzle pattern.
+
+// Layout: A and B double buffered, the token rows' indices, the FP4 scale tables; + 1024 to align the
+// tiles to wgmma's swizzle pattern. (Deeper pipelines did not pay on wgmma: three token stages were level,
+// weights two chunks ahead in registers 7% slower; RESULTS.md v7.)
+constexpr int kRowsOffset = 4 * kTileBytes;
+constexpr int kLutOffset = kRowsOffset + kBN * 8;
 constexpr int kSmemBytes = kLutOffset + gemv::kLutBytes + 1024;
 
 __device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 128 + ((unit ^ (row & 7)) << 4)); }
@@ -54,7 +58,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
   const int wm = warp >> 2, wn = warp & 3;
   const int mode = gemv::row_mode(a, GATED), I = a.N / 2, M16 = a.N / 16;
   const uint32_t sbase = sm80::smem_addr(smem);
-  int64_t* brows = reinterpret_cast<int64_t*>(smem + 4 * kTileBytes);
+  int64_t* brows = reinterpret_cast<int64_t*>(smem + kRowsOffset);
 
   // This thread's weight row (tile row tid / 2, elements 32 * (tid % 2) .. + 31 of each chunk).
   const int tr = tid >> 1, th = tid & 1, mt = blockIdx.y * 8 + tr / 16;
@@ -88,18 +92,28 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
       *reinterpret_cast<uint4*>(smem + buf * kTileBytes + swz(tr, 4 * th + u)) =
           make_uint4(w[4 * u], w[4 * u + 1], w[4 * u + 2], w[4 * u + 3]);
   };
-  // Token rows: thread tid copies units (tid % 8) of rows tid / 8 + 32 * i; 128 rows x 8 units per chunk.
+  // Token rows: thread tid copies unit tid % 8 of rows tid / 8 + 32 * i, i < 4 (128 rows x 8 units per
+  // chunk); the sources' row parts are fixed per tile, so they are computed once.
   if (tid < kBN) brows[tid] = tid < n ? (a.b_row ? a.b_row[p0 + tid] : p0 + tid) : -1;
   __syncthreads();
-  auto load_b = [&](int buf) {
-    const uint32_t base = sbase + uint32_t((2 + buf) * kTileBytes);
+  const int unit = tid & 7;
+  const uint32_t bdst = swz(tid >> 3, unit);  // + 32 * 128 * i for row tid / 8 + 32 i (same row % 8)
+  const uint16_t* bsrc[4];
+  bool bok[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int idx = tid + kThreads * i, row = idx >> 3, unit = idx & 7;
-      const int64_t k = int64_t(bk) * kKc + 8 * unit, br = brows[row];
-      const bool v = br >= 0 && k < a.K;
-      sm80::cp_async16(base + swz(row, unit), v ? a.b16 + bt * a.b_term_stride + br * a.ldb + k : a.b16, v);
-    }
+  for (int i = 0; i < 4; ++i) {
+    const int64_t br = brows[(tid >> 3) + 32 * i];
+    bsrc[i] = a.b16 + (br >= 0 ? br : 0) * a.ldb + 8 * unit;
+    bok[i] = br >= 0;
+  }
+  auto load_b = [&](int buf) {
+    const uint32_t base = sbase + uint32_t((2 + buf) * kTileBytes) + bdst;
+    const bool kv = int64_t(bk) * kKc + 8 * unit < a.K;
+    // Zero-filled copies (past K, or rows past the tile's tokens, which point at row 0) read nothing,
+    // from an address inside the row all the same.
+    const int64_t off = int64_t(bt) * a.b_term_stride + (kv ? int64_t(bk) * kKc : 0);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sm80::cp_async16(base + 32 * 128 * i, bsrc[i] + off, kv && bok[i]);
     sm80::cp_async_commit();
     if (++bk == nch) bk = 0, ++bt;
   };
@@ -159,7 +173,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
     if constexpr (WG) sm90::wgmma_wait<0>();  // before the next barrier frees this chunk's tiles
   }
 
-  // Epilogue per (m-tile, 8-token group): the GEMV kernel's, on rows p0 + 32 wn + 8 j ...
+  // Epilogue per (m-tile, 8-token group): the GEMV kernel's, on rows p0 + tok0 ...
   const float alpha = cc::mul_rn(gemm::act_alpha(a, e), a.w_alpha[e]);
 #pragma unroll
   for (int q = 0; q < 16; ++q) {
