@@ -384,6 +384,48 @@ TEST_P(CudaMoeRoutingGraphs, DeterministicUnderGraphs) {
 // T = 3: where a plain layer would take the fused kernel; T = 19: the GEMV kernel; T = 300: tile128.
 INSTANTIATE_TEST_SUITE_P(EveryPath, CudaMoeRoutingGraphs, ::testing::Values(int64_t(3), int64_t(19), int64_t(300)));
 
+// The options reach a device-resident layer too: CudaMoeLayer(layer, T, options) with an expert_map (and,
+// on a top-1 layer, the router weight on the input) gives run_moe's CUDA result bit for bit (the same
+// kernels on the same inputs), and a bad map is refused by the constructor.
+TEST(CudaMoeRouting, LayerObjectTakesOptions) {
+  SKIP_WITHOUT_DEVICE();
+  const int E = 16;
+  const int64_t T = 37;
+  for (int top_k : {3, 1}) {
+    const MoeLayer l = synthetic_layer({"ep", 128, 64, E, top_k}, parse_moe_scheme("w_nvfp4_a_nvfp4"), 5);
+    const int64_t H = l.hidden;
+    MoeOptions o;
+    o.backend = Backend::Cuda;
+    o.expert_map.assign(size_t(E), -1);
+    for (int e = 0; e < E; e += 2) o.expert_map[size_t(e)] = e / 2;
+    o.apply_router_weight_on_input = top_k == 1;
+    const Tensor x = test::random_tensor(DType::BF16, {T, H}, 77);
+    CudaMoeLayer dev(l, T, o);
+    void* dx = nullptr;
+    float *dout = nullptr, *dw = nullptr;
+    int32_t* dids = nullptr;
+    MXMOE_CUDA_CHECK(cudaMalloc(&dx, size_t(T * H) * 2));
+    MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dout), size_t(T * H) * 4));
+    MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dw), size_t(T * top_k) * 4));
+    MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dids), size_t(T * top_k) * 4));
+    MXMOE_CUDA_CHECK(cudaMemcpy(dx, x.data.data(), size_t(T * H) * 2, cudaMemcpyHostToDevice));
+    for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+      MXMOE_CUDA_CHECK(cudaMemset(dout, 0xFF, size_t(T * H) * 4));  // NaN poison
+      dev.forward(dx, T, e, dout, dids, dw, nullptr);
+      MXMOE_CUDA_CHECK(cudaDeviceSynchronize());
+      std::vector<float> out(size_t(T * H));
+      MXMOE_CUDA_CHECK(cudaMemcpy(out.data(), dout, out.size() * 4, cudaMemcpyDeviceToHost));
+      o.emulation = e;
+      const MoeResult r = run_moe(l, x, o);
+      EXPECT_EQ(std::memcmp(out.data(), r.out.data.data(), out.size() * 4), 0)
+          << "top_k " << top_k << " " << emulation_name(e);
+    }
+    cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
+    o.expert_map.assign(size_t(E - 1), 0);
+    test::expect_error([&] { CudaMoeLayer bad(l, T, o); }, "expert_map");
+  }
+}
+
 // Host-only: the DeepSeek-V3 features are accepted; what is still not is named.
 TEST(CudaMoeRoutingHost, DeepSeekLayersAreSupported) {
   MoeLayer l = ds_layer(parse_moe_scheme("w_nvfp4_a_nvfp4"), 16, 4, 8, 4, 96, 1, false);

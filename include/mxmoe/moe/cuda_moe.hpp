@@ -25,8 +25,10 @@ bool cuda_moe_available(const MoeLayer& layer, const MoeOptions& o, std::string*
 class CudaMoeLayer {
  public:
   // Uploads the layer (throws mxmoe::Error naming why when unsupported). max_tokens sizes the
-  // workspace; forward() accepts any T in [0, max_tokens].
-  CudaMoeLayer(const MoeLayer& layer, int64_t max_tokens);
+  // workspace; forward() accepts any T in [0, max_tokens]. Of the options, the layer keeps what shapes
+  // the forward pass: expert_map (this rank's experts; the others contribute zero) and
+  // apply_router_weight_on_input; the emulation mode is forward()'s argument.
+  CudaMoeLayer(const MoeLayer& layer, int64_t max_tokens, const MoeOptions& options = {});
   ~CudaMoeLayer();
   CudaMoeLayer(const CudaMoeLayer&) = delete;
   CudaMoeLayer& operator=(const CudaMoeLayer&) = delete;

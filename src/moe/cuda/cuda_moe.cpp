@@ -465,11 +465,9 @@ void run_forward(const Impl& m, const void* x_dev, int64_t T, Emulation e, float
   const bool vllm = gs.vllm, ep = m.expert_map.p != nullptr;
   const int64_t P = T * m.topk, words = (T + 31) / 32;
   const bool f32_gemm2 = m.aq == k::AQ::None && !vllm;
-  k::GemmPlan plan = k::plan_gemms(m.wk, P, m.E, m.w13.N, m.w13.K, m.w2.N, m.w2.K, f32_gemm2, m.sms);
-  if (m.on_input && m.aq == k::AQ::None) {  // GEMM1 reads float32 x * w as three bf16 planes: tile128 only
-    plan = k::GemmPlan{};
-    plan.nt = 16, plan.tile128 = true;
-  }
+  // With the router weight on the input, an a16 GEMM1 reads float32 x * w.
+  const bool f32_gemm1 = m.on_input && m.aq == k::AQ::None;
+  const k::GemmPlan plan = k::plan_gemms(m.wk, P, m.E, m.w13.N, m.w13.K, m.w2.N, m.w2.K, f32_gemm1, f32_gemm2, m.sms);
   const int TT = 8 * plan.nt;
 
   k::RouteArgs ra;
@@ -515,7 +513,7 @@ void run_forward(const Impl& m, const void* x_dev, int64_t T, Emulation e, float
   if (m.shared) {
     Pass s;
     s.w13 = &m.s13, s.w2 = &m.s2;
-    s.plan = k::plan_gemms(m.wk, T, 1, m.s13.N, m.s13.K, m.s2.N, m.s2.K, f32_gemm2, m.sms);
+    s.plan = k::plan_gemms(m.wk, T, 1, m.s13.N, m.s13.K, m.s2.N, m.s2.K, false, f32_gemm2, m.sms);
     const int stt = 8 * s.plan.nt;
     MXMOE_CUDA_CHECK(k::dense_tiles(T, stt, m.shared_tiles.as<int4>(), m.shared_num_tiles(), stream));
     s.rows = T, s.tiles = m.shared_tiles.as<int4>(), s.num_tiles = m.shared_num_tiles();
@@ -552,8 +550,9 @@ void run_forward(const Impl& m, const void* x_dev, int64_t T, Emulation e, float
 
 }  // namespace
 
-CudaMoeLayer::CudaMoeLayer(const MoeLayer& l, int64_t max_tokens) : impl_(std::make_unique<Impl>()) {
-  init_layer(*impl_, l, max_tokens, MoeOptions{});
+CudaMoeLayer::CudaMoeLayer(const MoeLayer& l, int64_t max_tokens, const MoeOptions& o)
+    : impl_(std::make_unique<Impl>()) {
+  init_layer(*impl_, l, max_tokens, o);
 }
 
 CudaMoeLayer::~CudaMoeLayer() = default;

@@ -81,16 +81,17 @@ inline int gemv_ksplit(int64_t active_experts, int64_t N, int sms) {
   return ks;
 }
 
-// P rows (T * top_k) over E experts; GEMM1 [N1 x K1], GEMM2 [N2 x K2] per expert; gemm2_f32: GEMM2 reads
-// float32 rows (exact-mode a16).
+// P rows (T * top_k) over E experts; GEMM1 [N1 x K1], GEMM2 [N2 x K2] per expert; gemm1_f32 / gemm2_f32:
+// that GEMM reads float32 rows (GEMM1: a16 with the router weight on the input; GEMM2: exact-mode a16).
 inline GemmPlan plan_gemms(WKind wk, int64_t P, int E, int64_t N1, int64_t K1, int64_t N2, int64_t K2,
-                           bool gemm2_f32, int sms) {
+                           bool gemm1_f32, bool gemm2_f32, int sms) {
   GemmPlan p;
   const double avg = double(P) / E;
   p.nt = avg <= 8 ? 1 : avg <= 16 ? 2 : 4;
   const GemmPath force = gemm_path_override();
-  // tile128 reads bf16 planes: exact-mode a16's float32 GEMM2 input as three (split_bf16x3).
-  if (force == GemmPath::Tile128 || (force == GemmPath::Auto && avg >= kTile128MinAvgRows)) {
+  // tile128 reads bf16 planes: a float32 input as three (split_bf16x3). Only tile128 takes them for GEMM1,
+  // so a float32 GEMM1 input runs there at every T.
+  if (gemm1_f32 || force == GemmPath::Tile128 || (force == GemmPath::Auto && avg >= kTile128MinAvgRows)) {
     p.nt = 16, p.tile128 = true;
     return p;
   }
