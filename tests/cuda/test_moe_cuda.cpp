@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,39 @@ Compared compare(const MoeLayer& l, const Tensor& x, Emulation e, const std::str
           rel_l2(got.topk_weights.ptr<float>(), ref.topk_weights.ptr<float>(), ref.topk_weights.numel())};
 }
 
+// Turns the fused single-kernel layer (sm90_fp4_moe_fused.cu) on or off for one scope, and lets it take
+// up to `cap` tokens (the kernel's limit is 8; the default cap is what pays off on the H200).
+struct ForceFused {
+  bool saved;
+  int64_t saved_cap;
+  explicit ForceFused(bool on, int64_t cap = 8)
+      : saved(mxmoe::moe::cuda::fused_enabled()), saved_cap(mxmoe::moe::cuda::fused_token_cap()) {
+    mxmoe::moe::cuda::fused_enabled() = on;
+    mxmoe::moe::cuda::fused_token_cap() = cap;
+  }
+  ~ForceFused() {
+    mxmoe::moe::cuda::fused_enabled() = saved;
+    mxmoe::moe::cuda::fused_token_cap() = saved_cap;
+  }
+};
+
+// Forces a grouped-GEMM path of the multi-kernel forward for one scope (the decode-shaped GEMV kernel,
+// the swap-AB tiled kernel or the 128 x 128 kernel), with the fused small-T kernel off.
+struct ForcePath {
+  ForceFused off{false};
+  mxmoe::moe::cuda::GemmPath saved;
+  explicit ForcePath(mxmoe::moe::cuda::GemmPath p) : saved(mxmoe::moe::cuda::gemm_path_override()) {
+    mxmoe::moe::cuda::gemm_path_override() = p;
+  }
+  ~ForcePath() { mxmoe::moe::cuda::gemm_path_override() = saved; }
+};
+
+struct ForceWgmma {
+  bool saved = mxmoe::moe::cuda::tile128_wgmma_enabled();
+  explicit ForceWgmma(bool on) { mxmoe::moe::cuda::tile128_wgmma_enabled() = on; }
+  ~ForceWgmma() { mxmoe::moe::cuda::tile128_wgmma_enabled() = saved; }
+};
+
 class CudaMoeDeviceScheme : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaMoeDeviceScheme, MatchesRefInBothModes) {
@@ -128,13 +162,19 @@ TEST(CudaMoeDevice, EveryActivation) {
         l.b2 = test::random_tensor(DType::F32, {l.num_experts, l.hidden}, 5, 0.1f);
       }
       const Tensor x = test::random_tensor(DType::BF16, {37, l.hidden}, 9);
-      for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
-        const std::string what =
-            std::string(sname) + " " + std::string(activation_name(act)) + " " + std::string(emulation_name(e));
-        const Compared c = compare(l, x, e, what);
-        EXPECT_LT(c.err, kTol) << what;
-        EXPECT_EQ(c.id_mismatch, 0) << what;
-      }
+      // The heuristic's path, then the 128 x 128 kernel (wgmma where the GPU takes it, and mma.sync): its
+      // epilogue maps tile rows to gate / up rows itself (halves, or gpt-oss's interleaved rows).
+      for (int path = 0; path < 3; ++path)
+        for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+          const std::string what = std::string(sname) + " " + std::string(activation_name(act)) + " " +
+                                   std::string(emulation_name(e)) + " path " + std::to_string(path);
+          std::optional<ForcePath> f;
+          if (path > 0) f.emplace(mxmoe::moe::cuda::GemmPath::Tile128);
+          ForceWgmma wg(path != 2);
+          const Compared c = compare(l, x, e, what);
+          EXPECT_LT(c.err, kTol) << what;
+          EXPECT_EQ(c.id_mismatch, 0) << what;
+        }
     }
 }
 
@@ -254,39 +294,6 @@ TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {
   cudaStreamDestroy(st);
   cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
 }
-
-// Turns the fused single-kernel layer (sm90_fp4_moe_fused.cu) on or off for one scope, and lets it take
-// up to `cap` tokens (the kernel's limit is 8; the default cap is what pays off on the H200).
-struct ForceFused {
-  bool saved;
-  int64_t saved_cap;
-  explicit ForceFused(bool on, int64_t cap = 8)
-      : saved(mxmoe::moe::cuda::fused_enabled()), saved_cap(mxmoe::moe::cuda::fused_token_cap()) {
-    mxmoe::moe::cuda::fused_enabled() = on;
-    mxmoe::moe::cuda::fused_token_cap() = cap;
-  }
-  ~ForceFused() {
-    mxmoe::moe::cuda::fused_enabled() = saved;
-    mxmoe::moe::cuda::fused_token_cap() = saved_cap;
-  }
-};
-
-// Forces a grouped-GEMM path of the multi-kernel forward for one scope (the decode-shaped GEMV kernel,
-// the swap-AB tiled kernel or the 128 x 128 kernel), with the fused small-T kernel off.
-struct ForcePath {
-  ForceFused off{false};
-  mxmoe::moe::cuda::GemmPath saved;
-  explicit ForcePath(mxmoe::moe::cuda::GemmPath p) : saved(mxmoe::moe::cuda::gemm_path_override()) {
-    mxmoe::moe::cuda::gemm_path_override() = p;
-  }
-  ~ForcePath() { mxmoe::moe::cuda::gemm_path_override() = saved; }
-};
-
-struct ForceWgmma {
-  bool saved = mxmoe::moe::cuda::tile128_wgmma_enabled();
-  explicit ForceWgmma(bool on) { mxmoe::moe::cuda::tile128_wgmma_enabled() = on; }
-  ~ForceWgmma() { mxmoe::moe::cuda::tile128_wgmma_enabled() = saved; }
-};
 
 // The GEMV kernel (sm90_fp4_moe_gemv.cu), the tiled kernel and the 128 x 128 kernel
 // (sm80_moe_gemm_tile128.cu) on the same inputs, each against the CPU ref, and against the tiled
