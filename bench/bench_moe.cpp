@@ -112,7 +112,8 @@ BENCHMARK(BM_Fp4GemvKernel)
 
 // The fused FP4 GEMV's read pattern alone, one thread, 256 MiB: rows of 1 KiB (a Qwen3 w13 row) in groups
 // of 4 read chunk by chunk (64 bytes of each row in turn, as rows_kernel16<R = 4>), with a software
-// prefetch `prefetch` bytes ahead (0: none), against the same bytes in consumption order (interleave:0).
+// prefetch `prefetch` bytes ahead (0: none), against the same bytes in consumption order (interleave:0)
+// and the 4 rows read in runs of 256 / 512 bytes (modes 3, 4).
 // What the layer's T = 1 stream can reach on this machine next to the copy bandwidth of the floor.
 __attribute__((target("avx512f"))) void BM_WeightReadPattern(benchmark::State& st) {
   if (!__builtin_cpu_supports("avx512f")) return st.SkipWithError("no AVX-512");
@@ -128,20 +129,22 @@ __attribute__((target("avx512f"))) void BM_WeightReadPattern(benchmark::State& s
   for (auto _ : st) {
     __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (size_t g = 0; g < kBytes; g += kGroup)
-      for (size_t c = 0; c < kRow; c += 64)
-        for (size_t u = 0; u < 4; ++u) {
-          const char* p = buf + g + (interleave ? u * kRow + c : c * 4 + u * 64);
-          // mode 2: the interleaved loads, prefetches in address order (line 4c + u of the group pf ahead)
-          if (pf) _mm_prefetch((mode == 2 ? buf + g + c * 4 + u * 64 : p) + pf, _MM_HINT_T0);
-          s[u] = _mm512_add_ps(s[u], _mm512_load_ps(reinterpret_cast<const float*>(p)));
-        }
+      for (size_t i = 0; i < kGroup / 64; ++i) {  // the i-th 64-byte load of the group
+        // modes 1, 2: 64 bytes of each row in turn; 3, 4: runs of 4 / 8 lines (256 / 512 bytes) of each
+        const size_t run = mode == 3 ? 4 : mode == 4 ? 8 : 1, q = i / run, row = q % 4;
+        const size_t off = interleave ? row * kRow + ((q / 4) * run + i % run) * 64 : i * 64;
+        const char* p = buf + g + off;
+        // mode 2: the interleaved loads, prefetches in address order (line i of the group pf ahead)
+        if (pf) _mm_prefetch((mode == 2 ? buf + g + i * 64 : p) + pf, _MM_HINT_T0);
+        s[row] = _mm512_add_ps(s[row], _mm512_load_ps(reinterpret_cast<const float*>(p)));
+      }
     benchmark::DoNotOptimize(s);
   }
   st.counters["GB/s"] = benchmark::Counter(double(kBytes), benchmark::Counter::kIsIterationInvariantRate);
   st.counters["copy_GB/s"] = measure_copy_bandwidth(1) / 1e9;
 }
 BENCHMARK(BM_WeightReadPattern)
-    ->ArgsProduct({{0, 1, 2}, {0, 4096, 8192, 16384}})
+    ->ArgsProduct({{0, 1, 2, 3, 4}, {0, 4096, 8192, 16384}})
     ->ArgNames({"interleave", "prefetch"})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
