@@ -199,6 +199,24 @@ TEST_F(CliTest, ErrorPaths) {
   EXPECT_CONTAINS(r.err, "compressed-tensors");
 }
 
+// bench-moe times the host backends: a tiny layer's table, with the backend that ran; cuda is refused
+// with a pointer to the device benchmark (run_moe on CUDA would time the upload of the layer).
+TEST_F(CliTest, BenchMoeTimesHostBackends) {
+  RunResult r = run("bench-moe --shape tiny --scheme w_mxfp4_a_mxfp4 --tokens 1,3 --iters 2");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_CONTAINS(r.out, "backend cpu");
+  EXPECT_CONTAINS(r.out, "x floor");
+  r = run("bench-moe --shape tiny --backend ref --tokens 2 --iters 1");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_CONTAINS(r.out, "backend ref");
+  r = run("bench-moe --shape tiny --backend cuda --tokens 1");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_CONTAINS(r.err, "bench_moe_cuda");
+  r = run("bench-moe --shape tiny --tokens 1 --iters 0");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_CONTAINS(r.err, "--iters must be positive");
+}
+
 TEST_F(CliTest, WrongBlockMultipleNamesTheTensor) {
   write_safetensors(path("in.safetensors"), std::vector<std::pair<std::string, Tensor>>{
                                                 {"ok.weight", test::random_tensor(DType::F32, {4, 64}, 1)},
