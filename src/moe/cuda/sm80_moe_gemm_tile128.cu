@@ -1,6 +1,6 @@
 // The grouped expert GEMM for many tokens per expert (prefill): CTA tile = 128 weight rows x 128 tokens
 // of one expert, K in chunks of 64, bf16 mma.sync m16n8k16 from shared memory (ldmatrix); two CTAs per SM
-// (<= 128 registers, 69 KB of shared memory), so one CTA's decode and barriers overlap the other's
+// (<= 128 registers, 70 KB of shared memory), so one CTA's decode and barriers overlap the other's
 // products (one CTA of 8 warps with 128-wide chunks kept the tensor pipe under 28% busy: RESULTS.md v6).
 //
 // The swap-AB kernel (sm80_moe_gemm.cuh) decodes a weight row once per 32 tokens and re-reads the
@@ -22,7 +22,8 @@
 // all the tile's tokens (m64n128k16, or n64 when the tile has at most 64 tokens) straight from the same
 // swizzled tiles, which are exactly wgmma's 128-byte-swizzle K-major layout, so the ldmatrix and mma.sync
 // instructions that made the loop issue-bound leave the SMs' instruction stream. The products are issued
-// before the next chunk's decode and waited for after it.
+// before the next chunk's decode and waited for after it. What bounds it now is each warp's own chain of
+// ~350 instructions per chunk between barriers (decode, copies, descriptors; RESULTS.md v7).
 #include <type_traits>
 
 #include "moe/cuda/moe_heuristics.hpp"
