@@ -25,28 +25,15 @@
 #include "mxmoe/moe/loader.hpp"
 #include "mxmoe/safetensors.hpp"
 #include "moe/cuda/moe_heuristics.hpp"
+#include "cuda/moe_cuda_test_util.hpp"
 #include "test_util.hpp"
 
 using namespace mxmoe;
 using namespace mxmoe::moe;
+using namespace mxmoe::moe_test;
 
 namespace {
 
-#define SKIP_WITHOUT_DEVICE()                                                                              \
-  do {                                                                                                     \
-    std::string why_;                                                                                      \
-    if (!::mxmoe::cuda::cuda_available(&why_)) GTEST_SKIP() << "no usable CUDA device (" << why_ << ")"; \
-  } while (0)
-
-bool quick() { return std::getenv("MXMOE_TEST_QUICK") != nullptr; }
-
-double rel_l2(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), den += double(b[i]) * b[i];
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-constexpr double kTol = 5e-3;
 const SyntheticShape kSmall{"small", 64, 32, 6, 2};
 
 MoeLayer small_layer(const MoeScheme& s, uint32_t seed, bool static_scales, const SyntheticShape& sh = kSmall) {
@@ -58,65 +45,6 @@ MoeLayer small_layer(const MoeScheme& s, uint32_t seed, bool static_scales, cons
     }
   return l;
 }
-
-struct Compared {
-  double err;
-  int64_t id_mismatch;
-  double w_err;
-};
-
-
-// run_moe through cuda and ref; checks finiteness of every output element.
-Compared compare(const MoeLayer& l, const Tensor& x, Emulation e, const std::string& what) {
-  MoeOptions o;
-  o.emulation = e;
-  o.backend = Backend::Ref;
-  const MoeResult ref = run_moe(l, x, o);
-  o.emulation = e;
-  o.backend = Backend::Cuda;
-  const MoeResult got = run_moe(l, x, o);
-  EXPECT_EQ(got.backend.rfind("cuda", 0), 0u) << got.backend;
-  int64_t bad = 0;
-  for (int64_t i = 0; i < got.out.numel(); ++i) bad += !std::isfinite(got.out.ptr<float>()[i]);
-  EXPECT_EQ(bad, 0) << what << ": non-finite outputs";
-  int64_t idm = 0;
-  for (int64_t i = 0; i < ref.topk_ids.numel(); ++i) idm += got.topk_ids.ptr<int32_t>()[i] != ref.topk_ids.ptr<int32_t>()[i];
-  return {rel_l2(got.out.ptr<float>(), ref.out.ptr<float>(), ref.out.numel()), idm,
-          rel_l2(got.topk_weights.ptr<float>(), ref.topk_weights.ptr<float>(), ref.topk_weights.numel())};
-}
-
-// Turns the fused single-kernel layer (sm90_fp4_moe_fused.cu) on or off for one scope, and lets it take
-// up to `cap` tokens (the kernel's limit is 8; the default cap is what pays off on the H200).
-struct ForceFused {
-  bool saved;
-  int64_t saved_cap;
-  explicit ForceFused(bool on, int64_t cap = 8)
-      : saved(mxmoe::moe::cuda::fused_enabled()), saved_cap(mxmoe::moe::cuda::fused_token_cap()) {
-    mxmoe::moe::cuda::fused_enabled() = on;
-    mxmoe::moe::cuda::fused_token_cap() = cap;
-  }
-  ~ForceFused() {
-    mxmoe::moe::cuda::fused_enabled() = saved;
-    mxmoe::moe::cuda::fused_token_cap() = saved_cap;
-  }
-};
-
-// Forces a grouped-GEMM path of the multi-kernel forward for one scope (the decode-shaped GEMV kernel,
-// the swap-AB tiled kernel or the 128 x 128 kernel), with the fused small-T kernel off.
-struct ForcePath {
-  ForceFused off{false};
-  mxmoe::moe::cuda::GemmPath saved;
-  explicit ForcePath(mxmoe::moe::cuda::GemmPath p) : saved(mxmoe::moe::cuda::gemm_path_override()) {
-    mxmoe::moe::cuda::gemm_path_override() = p;
-  }
-  ~ForcePath() { mxmoe::moe::cuda::gemm_path_override() = saved; }
-};
-
-struct ForceWgmma {
-  bool saved = mxmoe::moe::cuda::tile128_wgmma_enabled();
-  explicit ForceWgmma(bool on) { mxmoe::moe::cuda::tile128_wgmma_enabled() = on; }
-  ~ForceWgmma() { mxmoe::moe::cuda::tile128_wgmma_enabled() = saved; }
-};
 
 class CudaMoeDeviceScheme : public ::testing::TestWithParam<std::string> {};
 
@@ -249,37 +177,11 @@ TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {
   const int k = l.router.top_k;
   const Tensor x = test::random_tensor(DType::BF16, {T, H}, 21);
   CudaMoeLayer dev(l, 64);
-  void* dx = nullptr;
-  float *dout = nullptr, *dw = nullptr;
-  int32_t* dids = nullptr;
-  MXMOE_CUDA_CHECK(cudaMalloc(&dx, size_t(T * H) * 2));
-  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dout), size_t(T * H) * 4));
-  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dw), size_t(T * k) * 4));
-  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dids), size_t(T * k) * 4));
-  MXMOE_CUDA_CHECK(cudaMemcpy(dx, x.data.data(), size_t(T * H) * 2, cudaMemcpyHostToDevice));
-  cudaStream_t st;
-  MXMOE_CUDA_CHECK(cudaStreamCreate(&st));
+  const DeviceIo io(x, k);
   auto run_and_get = [&](bool graph) {
-    MXMOE_CUDA_CHECK(cudaMemset(dout, 0xFF, size_t(T * H) * 4));  // NaN poison
-    MXMOE_CUDA_CHECK(cudaMemset(dids, 0xFF, size_t(T * k) * 4));
-    if (graph) {
-      cudaGraph_t g;
-      cudaGraphExec_t ge;
-      MXMOE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-      dev.forward(dx, T, Emulation::Exact, dout, dids, dw, st);
-      MXMOE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
-      MXMOE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-      for (int i = 0; i < 3; ++i) MXMOE_CUDA_CHECK(cudaGraphLaunch(ge, st));
-      MXMOE_CUDA_CHECK(cudaStreamSynchronize(st));
-      MXMOE_CUDA_CHECK(cudaGraphExecDestroy(ge));
-      MXMOE_CUDA_CHECK(cudaGraphDestroy(g));
-    } else {
-      dev.forward(dx, T, Emulation::Exact, dout, dids, dw, st);
-      MXMOE_CUDA_CHECK(cudaStreamSynchronize(st));
-    }
-    std::vector<float> out(size_t(T * H));
-    MXMOE_CUDA_CHECK(cudaMemcpy(out.data(), dout, out.size() * 4, cudaMemcpyDeviceToHost));
-    return out;
+    io.poison();
+    return io.run([&](cudaStream_t st) { dev.forward(io.x, T, Emulation::Exact, io.out, io.ids, io.w, st); },
+                  graph ? 3 : 0);
   };
   const auto a = run_and_get(false), b = run_and_get(false), c = run_and_get(true);
   for (size_t i = 0; i < a.size(); ++i) ASSERT_TRUE(std::isfinite(a[i])) << "unwritten output " << i;
@@ -290,9 +192,7 @@ TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {
   o.backend = Backend::Ref;
   const MoeResult ref = run_moe(l, x, o);
   EXPECT_LT(rel_l2(a.data(), ref.out.ptr<float>(), T * H), kTol);
-  EXPECT_THROW(dev.forward(dx, 65, Emulation::Exact, dout, dids, dw, st), Error);
-  cudaStreamDestroy(st);
-  cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
+  EXPECT_THROW(dev.forward(io.x, 65, Emulation::Exact, io.out, io.ids, io.w, io.st), Error);
 }
 
 // The GEMV kernel (sm90_fp4_moe_gemv.cu), the tiled kernel and the 128 x 128 kernel
@@ -414,43 +314,16 @@ TEST_P(CudaMoeDeviceGraphs, DeterministicUnderGraphs) {
   const Tensor x = test::random_tensor(DType::BF16, {T, H}, 8);
   CudaMoeLayer dev(l, T);
   EXPECT_EQ(T <= dev.fused_tokens(Emulation::VLLM), T <= 8) << "T = " << T;
-  void* dx = nullptr;
-  float *dout = nullptr, *dw = nullptr;
-  int32_t* dids = nullptr;
-  MXMOE_CUDA_CHECK(cudaMalloc(&dx, size_t(T * H) * 2));
-  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dout), size_t(T * H) * 4));
-  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dw), size_t(T * k) * 4));
-  MXMOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dids), size_t(T * k) * 4));
-  MXMOE_CUDA_CHECK(cudaMemcpy(dx, x.data.data(), size_t(T * H) * 2, cudaMemcpyHostToDevice));
-  cudaStream_t st;
-  MXMOE_CUDA_CHECK(cudaStreamCreate(&st));
+  const DeviceIo io(x, k);
   std::vector<std::vector<float>> outs;
   for (int run = 0; run < 3; ++run) {
-    MXMOE_CUDA_CHECK(cudaMemset(dout, 0xFF, size_t(T * H) * 4));
-    if (run == 2) {
-      cudaGraph_t g;
-      cudaGraphExec_t ge;
-      MXMOE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-      dev.forward(dx, T, Emulation::VLLM, dout, dids, dw, st);
-      MXMOE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
-      MXMOE_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-      MXMOE_CUDA_CHECK(cudaGraphLaunch(ge, st));
-      MXMOE_CUDA_CHECK(cudaGraphLaunch(ge, st));
-      MXMOE_CUDA_CHECK(cudaStreamSynchronize(st));
-      MXMOE_CUDA_CHECK(cudaGraphExecDestroy(ge));
-      MXMOE_CUDA_CHECK(cudaGraphDestroy(g));
-    } else {
-      dev.forward(dx, T, Emulation::VLLM, dout, dids, dw, st);
-      MXMOE_CUDA_CHECK(cudaStreamSynchronize(st));
-    }
-    outs.emplace_back(size_t(T * H));
-    MXMOE_CUDA_CHECK(cudaMemcpy(outs.back().data(), dout, size_t(T * H) * 4, cudaMemcpyDeviceToHost));
+    io.poison();
+    outs.push_back(io.run([&](cudaStream_t st) { dev.forward(io.x, T, Emulation::VLLM, io.out, io.ids, io.w, st); },
+                          run == 2 ? 2 : 0));
   }
   for (size_t i = 0; i < outs[0].size(); ++i) ASSERT_TRUE(std::isfinite(outs[0][i])) << "unwritten output " << i;
   EXPECT_EQ(std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * 4), 0) << "two forwards differ";
   EXPECT_EQ(std::memcmp(outs[0].data(), outs[2].data(), outs[0].size() * 4), 0) << "graph replay differs";
-  cudaStreamDestroy(st);
-  cudaFree(dx), cudaFree(dout), cudaFree(dw), cudaFree(dids);
 }
 
 // T = 3: the fused kernel; T = 19: route + GEMV + finalize; T = 300: the 128 x 128 kernel.
