@@ -66,6 +66,7 @@ void bench_moe_cmd(const BenchArgs& a) {
   MXMOE_CHECK(backend != Backend::Cuda,
               "bench-moe times the CPU backends (cpu, ref); for the GPU, bench_moe_cuda (built with the CUDA "
               "backend; scripts/device/bench.sh runs it beside vLLM's recipe) times the device-resident layer");
+  MXMOE_CHECK(a.iters > 0, "--iters must be positive, got {}", a.iters);
   const SyntheticShape s = synthetic_shape(a.shape);
   const MoeScheme& sch = parse_moe_scheme(a.scheme);
   fmt::print("building synthetic {} layer (H {}, I {}, {} experts, top-{}) in {} ...\n", s.name, s.hidden, s.inter,
@@ -83,7 +84,6 @@ void bench_moe_cmd(const BenchArgs& a) {
     MXMOE_CHECK(T > 0, "--tokens: counts must be positive, got {}", T);
     std::vector<double> us;
     MoeResult r;
-    MXMOE_CHECK(a.iters > 0, "--iters must be positive, got {}", a.iters);
     for (int it = 0; it < a.iters + 1; ++it) {
       Tensor x = synthetic_tokens(T, s.hidden, uint32_t(it));
       const auto t0 = Clock::now();
