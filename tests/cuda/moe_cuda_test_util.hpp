@@ -93,11 +93,17 @@ struct ForcePath {
   ~ForcePath() { moe::cuda::gemm_path_override() = saved; }
 };
 
+// One of moe_heuristics.hpp's on / off switches, set for one scope.
+struct ForceFlag {
+  bool& flag;
+  bool saved;
+  ForceFlag(bool& f, bool on) : flag(f), saved(f) { flag = on; }
+  ~ForceFlag() { flag = saved; }
+};
+
 // tile128's products on wgmma (where the GPU takes it) or on mma.sync, for one scope.
-struct ForceWgmma {
-  bool saved = moe::cuda::tile128_wgmma_enabled();
-  explicit ForceWgmma(bool on) { moe::cuda::tile128_wgmma_enabled() = on; }
-  ~ForceWgmma() { moe::cuda::tile128_wgmma_enabled() = saved; }
+struct ForceWgmma : ForceFlag {
+  explicit ForceWgmma(bool on) : ForceFlag(moe::cuda::tile128_wgmma_enabled(), on) {}
 };
 
 // The device side of CudaMoeLayer::forward for the bf16 tokens x [T, H] and top-k: x uploaded, the

@@ -244,6 +244,63 @@ TEST(CudaMoeDevice, GemmPathsAgree) {
     }
 }
 
+// GEMM2's input quantized in tile128's GEMM1 epilogue (static scales) and GEMM2's bf16 output (vllm
+// mode) against the separate quantizer over float32 rows and a float32 y: the same values in the same
+// order, so the layer's output is bit-identical. Schemes where the epilogue takes it (MX, NVFP4 with
+// static scales, bf16) and where it must not (NVFP4 dynamic, FP8); intermediate widths with a partial
+// last 64-column CTA (32, 160) and gpt-oss's interleaved rows with biases; wgmma and mma.sync.
+TEST(CudaMoeDevice, EpilogueQuantAndBf16OutputChangeNoBits) {
+  SKIP_WITHOUT_DEVICE();
+  using mxmoe::moe::cuda::GemmPath;
+  const SyntheticShape wide{"wide", 352, 160, 32, 4};
+  struct Case {
+    const char* scheme;
+    bool static_scales;
+    const SyntheticShape* shape;
+    bool oai;
+  };
+  std::vector<Case> cases{{"w_nvfp4_a_nvfp4", true, &kSmall, false},  {"w_nvfp4_a_nvfp4", true, &wide, false},
+                          {"w_nvfp4_a_nvfp4", false, &wide, false}, {"w_mxfp4_a_mxfp4", false, &wide, true},
+                          {"w_nvfp4_a16", false, &wide, false},     {"w_mxfp4_a_fp8", false, &kSmall, false}};
+  if (!quick())
+    cases.insert(cases.end(), {{"w_mxfp6_e2m3_a_mxfp6_e2m3", false, &wide, false},
+                               {"w_mxfp6_e3m2_a_mxfp6_e3m2", false, &kSmall, false},
+                               {"w_mxfp8_e4m3_a16", false, &wide, true}});
+  for (const Case& cs : cases) {
+    MoeLayer l = small_layer(parse_moe_scheme(cs.scheme), 17, cs.static_scales, *cs.shape);
+    if (cs.oai) {
+      l.activation = {Activation::SwiGLUOAI};
+      l.router.kind = RouterKind::TopKThenSoftmax, l.router.renormalize = false;
+      l.b13 = test::random_tensor(DType::F32, {l.num_experts, 2 * l.inter}, 4, 0.1f);
+      l.b2 = test::random_tensor(DType::F32, {l.num_experts, l.hidden}, 5, 0.1f);
+    }
+    for (int64_t T : {int64_t(5), int64_t(300)}) {
+      const Tensor x = test::random_tensor(DType::BF16, {T, cs.shape->hidden}, uint32_t(7 + T));
+      for (Emulation e : {Emulation::VLLM, Emulation::Exact})
+        for (bool wgmma : {true, false}) {
+          const std::string what = std::string(cs.scheme) + " " + cs.shape->name + (cs.static_scales ? " static" : "") +
+                                   (cs.oai ? " swigluoai" : "") + " " + std::string(emulation_name(e)) +
+                                   " T=" + std::to_string(T) + (wgmma ? "" : " mma.sync");
+          std::optional<ForcePath> f;
+          if (T > 5) f.emplace(GemmPath::Tile128);
+          ForceWgmma wg(wgmma);
+          MoeOptions o;
+          o.emulation = e, o.backend = Backend::Cuda;
+          MoeResult r[2];
+          for (int i = 0; i < 2; ++i) {
+            ForceFlag q(mxmoe::moe::cuda::epilogue_quant_enabled(), i == 0);
+            ForceFlag y(mxmoe::moe::cuda::y_bf16_enabled(), i == 0);
+            r[i] = run_moe(l, x, o);
+          }
+          const bool same = std::memcmp(r[0].out.data.data(), r[1].out.data.data(), r[0].out.data.size()) == 0;
+          EXPECT_TRUE(same) << what;
+          const Compared c = compare(l, x, e, what);
+          EXPECT_LT(c.err, kTol) << what;
+          std::printf("[ %-58s ] bit-identical %s, rel L2 vs ref %.2e\n", what.c_str(), same ? "yes" : "NO", c.err);
+        }
+    }
+  }
+}
 
 // The fused kernel at every token count it takes, against the CPU ref and against the multi-kernel path
 // (route + quantize + GEMV + finalize) on the same inputs: the same operands and epilogues, only the

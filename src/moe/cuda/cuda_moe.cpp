@@ -93,6 +93,7 @@ struct DevProj {
   DevMem codes, scales, gs, alpha_vllm, alpha_exact, bias, static_gs_e;
   int64_t N = 0, K = 0, row_bytes = 0;
   float vllm_static_gs = 0.0f;  // 1 / max input_scale, or 0 (dynamic)
+  bool static_every = false;     // every expert has an input_scale (exact mode's scales are all static)
 
   void upload(const std::vector<ExpertLinear>& ws, const Tensor& b, const MoeScheme& s, const char* which,
               std::vector<std::string>& warnings) {
@@ -105,6 +106,7 @@ struct DevProj {
       sgs[e] = ws[e].input_scale > 0 ? 1.0f / ws[e].input_scale : 0.0f;
     }
     vllm_static_gs = hi > 0 ? 1.0f / hi : 0.0f;
+    static_every = lo > 0;
     if (hi > 0 && lo != hi && s.act == ActQuant::Block && traits(s.act_scheme).tensor_scale)
       warnings.push_back(fmt::format("experts disagree on the {} input_scale (min {:g}, max {:g}); the vllm recipe "
                                      "uses the max for all experts",
@@ -223,6 +225,9 @@ struct CudaMoeLayer::Impl {
   float* amax1_e() const { return scratch.as<float>() + kHead + E; }
   float* amax2_e() const { return scratch.as<float>() + kHead + 2 * E; }
   uint32_t* bitmap() const { return scratch.as<uint32_t>() + kHead + 3 * E; }
+  // y as bf16 rows (GEMM2's y16), placed so that its zero row is the first half of y's float32 zero row:
+  // both views read zeros there whichever mode ran before.
+  uint16_t* y16() const { return reinterpret_cast<uint16_t*>(y.as<uint8_t>() + 2 * zero_row * H); }
 };
 
 namespace {
@@ -360,12 +365,24 @@ struct GemmSetup {
     if (!vllm && nv()) g.a_alpha_kind = 1, g.a_sc = sc;
     if (!vllm && m.aq == k::AQ::FP8) g.a_alpha_kind = 2, g.a_sc = sc;
   }
+  // GEMM2's input needs no amax of GEMM1's output: bf16 (vllm), MX, or NVFP4 with static scales.
+  bool gemm2_input_static(const DevProj& w2) const {
+    if (m.aq == k::AQ::None) return vllm;
+    if (m.aq == k::AQ::FP8) return false;
+    return !nv() || (vllm ? w2.vllm_static_gs > 0 : w2.static_every);
+  }
   // GEMM1: the activation into a2 [rows, w2.K], and its amax outputs for GEMM2's dynamic scales.
   void gemm1_epilogue(k::GemmArgs& g, const DevProj& w2, float* amax2, float* amax2_e) const {
     g.act = int(m.activation.act), g.act_alpha = m.activation.alpha, g.act_limit = effective_limit(m.activation);
     g.y = m.a2.as<float>(), g.ldy = w2.K;
     if ((nv() && vllm && w2.vllm_static_gs <= 0) || m.aq == k::AQ::FP8) g.amax_out = amax2;
     if (nv() && !vllm) g.amax_out_e = amax2_e;
+  }
+  // ... or GEMM2's input quantized in GEMM1's epilogue into a2q (tile128, static scales only).
+  void gemm1_epilogue_quant(k::GemmArgs& g, const k::ActScale& sc2) const {
+    g.y = nullptr, g.amax_out = g.amax_out_e = nullptr;
+    g.yq = m.a2q.as<uint16_t>(), g.yq_aq = m.aq, g.yq_sc = sc2;
+    g.yq_rule = int(m.act_rule), g.yq_rounding = int(m.act_rounding);
   }
 };
 
@@ -390,6 +407,7 @@ struct Pass {
   float* amax2 = nullptr;  // GEMM1 output amax (zeroed): all rows, per expert
   float* amax2_e = nullptr;
   float* y = nullptr;  // [rows, H]
+  uint16_t* y16 = nullptr;  // or bf16 [rows, H] (vllm mode)
 };
 
 // quantize -> GEMM1 + activation -> quantize -> GEMM2 of one pass over T tokens.
@@ -429,14 +447,18 @@ void run_pass(const GemmSetup& gs, const Pass& p, int64_t T, cudaStream_t stream
   }
   g1.ldb = m.H;
   gs.act_side(g1, sc1);
+  const k::ActScale sc2 = gs.scales(*p.w2, p.amax2, p.amax2_e);
+  const bool quant_in_gemm1 = p.plan.tile128 && k::epilogue_quant_enabled() && gs.gemm2_input_static(*p.w2);
   gs.gemm1_epilogue(g1, *p.w2, p.amax2, p.amax2_e);
+  if (quant_in_gemm1) gs.gemm1_epilogue_quant(g1, sc2);
   MXMOE_CUDA_CHECK(gemm(g1, *p.w13, p.plan.gemv1, p.plan.ksplit1));
 
   // GEMM2 input
   k::GemmArgs g2;
   const int64_t I = p.w2->K;
-  const k::ActScale sc2 = gs.scales(*p.w2, p.amax2, p.amax2_e);
-  if (f32_gemm2 && p.plan.tile128) {  // float32 activations as three exact bf16 planes
+  if (quant_in_gemm1) {
+    g2.b16 = m.a2q.as<uint16_t>();
+  } else if (f32_gemm2 && p.plan.tile128) {  // float32 activations as three exact bf16 planes
     MXMOE_CUDA_CHECK(k::split_bf16x3(m.a2.as<float>(), p.rows * I, m.a2q.as<uint16_t>(), stream));
     g2.b16 = m.a2q.as<uint16_t>(), g2.b_terms = 3, g2.b_term_stride = p.rows * I;
   } else if (f32_gemm2) {
@@ -450,7 +472,7 @@ void run_pass(const GemmSetup& gs, const Pass& p, int64_t T, cudaStream_t stream
   }
   g2.ldb = I;
   gs.act_side(g2, sc2);
-  g2.y = p.y, g2.ldy = m.H;
+  g2.y = p.y, g2.y16 = p.y16, g2.ldy = m.H;
   MXMOE_CUDA_CHECK(gemm(g2, *p.w2, p.plan.gemv2, p.plan.ksplit2));
 }
 
@@ -538,10 +560,11 @@ void run_forward(const Impl& m, const void* x_dev, int64_t T, Emulation e, float
   }
   r.amax1 = ra.amax_routed ? ra.amax_routed : m.amax_x(), r.amax1_e = m.amax1_e();
   r.amax2 = m.amax2(), r.amax2_e = m.amax2_e(), r.y = m.y.as<float>();
+  if (vllm && k::y_bf16_enabled()) r.y16 = m.y16();
   run_pass(gs, r, T, stream);
 
   k::FinalizeArgs f;
-  f.y = m.y.as<float>(), f.slot_to_perm = m.slot_to_perm.as<int32_t>();
+  f.y = m.y.as<float>(), f.y16 = r.y16, f.slot_to_perm = m.slot_to_perm.as<int32_t>();
   f.weights = m.on_input ? m.ones.as<float>() : topk_w_dev;  // weight 1: already on the input
   f.T = T, f.H = m.H, f.k = m.topk, f.vllm = vllm, f.out = out_dev;
   f.shared = m.shared ? m.ys.as<float>() : nullptr;

@@ -52,61 +52,78 @@ __device__ __forceinline__ RowQuant row_quant(const ActScale& sc, bool vllm, int
   return q;
 }
 
+// A block's parameters from its |x| max (NaN excluded) and whether it holds a NaN (NVFP4) or a non-finite
+// value (MX): then each element goes through quant_elem on its own, so a block can be split across lanes.
+struct BlockQ {
+  float oscale = 1.0f, mult = 1.0f;  // NVFP4: x * oscale -> E2M1 -> * mult; MX: * inv (oscale) -> EL -> * s (mult)
+  bool nan = false;                  // MX: the block holds a non-finite value, every element becomes NaN
+};
+
+template <AQ Q>
+__device__ __forceinline__ bool block_bad(uint32_t bits) {
+  return Q == AQ::NVFP4 ? cc::is_nan_bits(bits) : !cc::is_finite_bits(bits);
+}
+
+template <AQ Q>
+__device__ __forceinline__ BlockQ block_params(float amax, bool bad, const RowQuant& rq) {
+  constexpr Encoding EL = QTraits<Q>::elem;
+  BlockQ p;
+  if constexpr (Q == AQ::NVFP4) {
+    const float gs = rq.scale;
+    const uint32_t sbyte = cc::nvfp4_scale_byte(bad ? cc::quiet_nan(false) : amax, gs);
+    const float scale = cc::decode<Encoding::UE4M3>(sbyte);
+    p.oscale = cc::vllm_rcp(cc::mul_rn(scale, cc::vllm_rcp(gs)));
+    p.mult = rq.vllm ? cc::div_rn(scale, gs) : scale;
+  } else if constexpr (Q != AQ::None && Q != AQ::FP8) {
+    p.nan = bad;
+    if (!bad) {
+      const uint32_t sbyte = cc::mx_scale_byte<EL>(amax, ScaleRule(rq.scale_rule));
+      p.oscale = cc::pow2f(127 - int(sbyte));
+      p.mult = cc::decode_ue8m0(sbyte);
+    }
+  }
+  return p;
+}
+
+// One element of a block with parameters p (see quant_block for what the values are).
+template <AQ Q>
+__device__ __forceinline__ float quant_elem(float v, const BlockQ& p, const RowQuant& rq) {
+  constexpr Encoding EL = QTraits<Q>::elem;
+  if constexpr (Q == AQ::None) {
+    return v;
+  } else if constexpr (Q == AQ::FP8) {
+    const float q = cc::decode<Encoding::E4M3>(cc::encode<Encoding::E4M3>(cc::div_rn(v, rq.scale), Rounding::RNE));
+    return rq.vllm ? cc::mul_rn(q, rq.scale) : q;
+  } else if constexpr (Q == AQ::NVFP4) {
+    float t = cc::mul_rn(v, p.oscale);
+    t = t < -6.0f ? -6.0f : (6.0f < t ? 6.0f : t);
+    return cc::mul_rn(cc::decode<EL>(cc::encode<EL>(t, Rounding::RNE)), p.mult);
+  } else {
+    if (p.nan) return cc::quiet_nan(false);
+    return cc::mul_rn(cc::decode<EL>(cc::encode<EL>(cc::mul_rn(v, p.oscale), Rounding(rq.rounding))), p.mult);
+  }
+}
+
 // One block of QTraits<Q>::block values -> bf16 pairs (element 2i low, 2i + 1 high).
 template <AQ Q>
 __device__ __forceinline__ void quant_block(const float* v, const RowQuant& rq, uint32_t* out) {
   constexpr int B = QTraits<Q>::block;
-  constexpr Encoding EL = QTraits<Q>::elem;
-  float y[B];
-  if constexpr (Q == AQ::None) {
-#pragma unroll
-    for (int i = 0; i < B; ++i) y[i] = v[i];
-  } else if constexpr (Q == AQ::FP8) {
-    const float s = rq.scale;
-#pragma unroll
-    for (int i = 0; i < B; ++i) {
-      const float q = cc::decode<Encoding::E4M3>(cc::encode<Encoding::E4M3>(cc::div_rn(v[i], s), Rounding::RNE));
-      y[i] = rq.vllm ? cc::mul_rn(q, s) : q;
-    }
-  } else {
-    float amax = 0.0f;
-    uint32_t bad = 0;
+  float amax = 0.0f;
+  bool bad = false;
+  if constexpr (Q != AQ::None && Q != AQ::FP8) {
 #pragma unroll
     for (int i = 0; i < B; ++i) {
       const uint32_t u = cc::fbits(v[i]);
-      bad |= Q == AQ::NVFP4 ? uint32_t(cc::is_nan_bits(u)) : uint32_t(!cc::is_finite_bits(u));
+      bad |= block_bad<Q>(u);
       const float f = cc::bitsf(u & 0x7fffffffu);
       amax = f > amax ? f : amax;
     }
-    if constexpr (Q == AQ::NVFP4) {
-      const float gs = rq.scale;
-      const uint32_t sbyte = cc::nvfp4_scale_byte(bad ? cc::quiet_nan(false) : amax, gs);
-      const float scale = cc::decode<Encoding::UE4M3>(sbyte);
-      const float oscale = cc::vllm_rcp(cc::mul_rn(scale, cc::vllm_rcp(gs)));
-      const float mult = rq.vllm ? cc::div_rn(scale, gs) : scale;
-#pragma unroll
-      for (int i = 0; i < B; ++i) {
-        float t = cc::mul_rn(v[i], oscale);
-        t = t < -6.0f ? -6.0f : (6.0f < t ? 6.0f : t);
-        y[i] = cc::mul_rn(cc::decode<EL>(cc::encode<EL>(t, Rounding::RNE)), mult);
-      }
-    } else {
-      const Rounding rnd = Rounding(rq.rounding);
-      if (bad) {
-#pragma unroll
-        for (int i = 0; i < B; ++i) y[i] = cc::quiet_nan(false);
-      } else {
-        const uint32_t sbyte = cc::mx_scale_byte<EL>(amax, ScaleRule(rq.scale_rule));
-        const float inv = cc::pow2f(127 - int(sbyte));
-        const float s = cc::decode_ue8m0(sbyte);
-#pragma unroll
-        for (int i = 0; i < B; ++i) y[i] = cc::mul_rn(cc::decode<EL>(cc::encode<EL>(cc::mul_rn(v[i], inv), rnd)), s);
-      }
-    }
   }
+  const BlockQ p = block_params<Q>(amax, bad, rq);
 #pragma unroll
   for (int i = 0; i < B / 2; ++i)
-    out[i] = uint32_t(cc::f32_to_bf16(y[2 * i])) | uint32_t(cc::f32_to_bf16(y[2 * i + 1])) << 16;
+    out[i] = uint32_t(cc::f32_to_bf16(quant_elem<Q>(v[2 * i], p, rq))) |
+             uint32_t(cc::f32_to_bf16(quant_elem<Q>(v[2 * i + 1], p, rq))) << 16;
 }
 
 // Loads B consecutive bf16 or float32 values as float (through L2: the fused kernel reads rows that other

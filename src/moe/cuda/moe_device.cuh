@@ -50,6 +50,13 @@ __device__ __forceinline__ void atomic_max_pos(float* p, float v) {
   atomicMax(reinterpret_cast<int*>(p), __float_as_int(v));
 }
 
+// GEMM2's output element idx: bf16 to y16 where the host asked for it (vllm mode, whose values are
+// bf16 already), else float32 to y.
+__device__ __forceinline__ void store_y(const GemmArgs& a, int64_t idx, float v) {
+  if (a.y16) a.y16[idx] = cc::f32_to_bf16(v);
+  else a.y[idx] = v;
+}
+
 // Gated activations (include/mxmoe/moe/activation.hpp), float32 like the reference.
 __device__ __forceinline__ float gated_act(int act, float gate, float up, float alpha, float limit) {
   if (limit > 0.0f) {
@@ -83,7 +90,13 @@ __device__ __forceinline__ void finalize_vec4(const FinalizeArgs& a, int64_t gid
   for (int j = 0; j < a.k; ++j) {
     const float w = a.weights[t * a.k + j];
     const int32_t p = a.slot_to_perm[t * a.k + j];
-    const float4 y = __ldcg(reinterpret_cast<const float4*>(a.y + int64_t(p) * a.H + c));
+    float4 y;
+    if (a.y16) {
+      const uint2 b = __ldcg(reinterpret_cast<const uint2*>(a.y16 + int64_t(p) * a.H + c));
+      y = make_float4(cc::bitsf(b.x << 16), cc::bitsf(b.x & 0xffff0000u), cc::bitsf(b.y << 16), cc::bitsf(b.y & 0xffff0000u));
+    } else {
+      y = __ldcg(reinterpret_cast<const float4*>(a.y + int64_t(p) * a.H + c));
+    }
     acc[0] = cc::add_rn(acc[0], cc::mul_rn(w, y.x));
     acc[1] = cc::add_rn(acc[1], cc::mul_rn(w, y.y));
     acc[2] = cc::add_rn(acc[2], cc::mul_rn(w, y.z));

@@ -39,13 +39,29 @@ constexpr int kGemvMaxSmem = 160 * 1024;
 // measured on the H200 (bench/RESULTS.md, "v5"): level with the tiled kernel at 16, ahead from 32 on.
 constexpr double kTile128MinAvgRows = 16.0;
 
+// An on-by-default switch for A/B runs: off when the environment sets it to 0.
+inline bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && std::strcmp(v, "0") == 0);
+}
+
 // tile128's products on wgmma where the GPU runs sm_90a code (else mma.sync). MXMOE_CUDA_WGMMA=0 turns
 // it off for A/B runs; tests flip it to compare the two on the same inputs.
 inline bool& tile128_wgmma_enabled() {
-  static bool on = [] {
-    const char* v = std::getenv("MXMOE_CUDA_WGMMA");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static bool on = env_flag("MXMOE_CUDA_WGMMA");
+  return on;
+}
+
+// Where GEMM2's input has static scales (MX, bf16, NVFP4 with input_scale), tile128's GEMM1 epilogue
+// quantizes it (GemmArgs::yq) instead of writing float32 rows for quant_rows to read back; and in vllm
+// mode GEMM2 writes bf16 (GemmArgs::y16: its values are bf16 already), halving finalize's read.
+// MXMOE_CUDA_EPILOGUE_QUANT=0 / MXMOE_CUDA_Y_BF16=0 turn them off (A/B runs; tests compare both ways).
+inline bool& epilogue_quant_enabled() {
+  static bool on = env_flag("MXMOE_CUDA_EPILOGUE_QUANT");
+  return on;
+}
+inline bool& y_bf16_enabled() {
+  static bool on = env_flag("MXMOE_CUDA_Y_BF16");
   return on;
 }
 

@@ -116,9 +116,17 @@ struct GemmArgs {
   int act = -1;  // -1: plain (GEMM2); else Activation value
   float act_alpha = 1.702f, act_limit = 0.0f;
   float* y = nullptr;
+  uint16_t* y16 = nullptr;  // GEMM2: bf16 output there instead of float32 y (vllm mode: bf16 values already)
   int64_t ldy = 0;
   float* amax_out = nullptr;    // GEMM1: atomic max of |y| (all rows) or nullptr
   float* amax_out_e = nullptr;  // GEMM1: per expert
+  // GEMM1 on grouped_gemm_tile128 only: when yq is set, the epilogue also quantizes its output rows the
+  // way quant_rows would for GEMM2 (static scales only: yq_sc must not read an amax) and writes those
+  // bf16 values to yq [rows, ldy] instead of float32 y.
+  uint16_t* yq = nullptr;
+  AQ yq_aq = AQ::None;
+  int yq_rule = 0, yq_rounding = 0;
+  ActScale yq_sc;
   const int4* tiles = nullptr;
   const int32_t* num_tiles = nullptr;
   int max_tiles = 0;
@@ -174,6 +182,7 @@ int fused_max_grid(WKind wk, int E, int smem_bytes);  // 0 when the kernel canno
 
 struct FinalizeArgs {
   const float* y = nullptr;  // [P, H]
+  const uint16_t* y16 = nullptr;  // or bf16 [P, H] (GEMM2's y16)
   const int32_t* slot_to_perm = nullptr;
   const float* weights = nullptr;
   int64_t T = 0, H = 0;

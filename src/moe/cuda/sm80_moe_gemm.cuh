@@ -348,7 +348,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gemm_kernel(const GemmArgs a)
       const int lr = i % 32, col = i / 32;
       if (col >= n) continue;
       const int row = 32 * blockIdx.y + lr;
-      a.y[int64_t(p0 + col) * a.ldy + row] = finish(sum_at(lr, col), row);
+      store_y(a, int64_t(p0 + col) * a.ldy + row, finish(sum_at(lr, col), row));
     }
   }
 }

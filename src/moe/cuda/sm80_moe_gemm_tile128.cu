@@ -16,7 +16,9 @@
 //    re-decode the weights (the products triple anyway);
 //  - 8 warps = 2 (weight rows) x 4 (tokens), a 64 x 32 warp tile: 16 accumulators of 16 x 8;
 //  - tile rows follow the GEMV kernel's m-tile rows (gemv::tile_row), so for GEMM1 a thread's rows g and
-//    g + 8 are the gate and up rows of one output column; the epilogue is the GEMV kernel's.
+//    g + 8 are the gate and up rows of one output column; the epilogue is the GEMV kernel's, or for GEMM1
+//    with static GEMM2-input scales (GemmArgs::yq) the activations of the CTA's 64 output columns staged
+//    in shared memory and quantized there into GEMM2's bf16 input (no float32 round trip through memory).
 //
 // On sm_90a the products run on wgmma instead (WG = true): each warpgroup multiplies its 64 weight rows by
 // all the tile's tokens (m64n128k16, or n64 when the tile has at most 64 tokens) straight from the same
@@ -26,6 +28,7 @@
 // ~350 instructions per chunk between barriers (decode, copies, descriptors; RESULTS.md v7).
 #include <type_traits>
 
+#include "moe/cuda/moe_act_quant.cuh"
 #include "moe/cuda/moe_heuristics.hpp"
 #include "moe/cuda/sm90_fp4_gemv.cuh"
 #include "moe/cuda/sm90_wgmma.cuh"
@@ -44,6 +47,63 @@ constexpr int kTileBytes = 128 * kKc * 2;  // one operand tile of one chunk
 constexpr int kRowsOffset = 4 * kTileBytes;
 constexpr int kLutOffset = kRowsOffset + kBN * 8;
 constexpr int kSmemBytes = kLutOffset + gemv::kLutBytes + 1024;
+
+// The fused GEMM2-input quantization's staging: 128 tokens x 64 columns of float32 (row stride 68: the
+// writes of a warp's 8 columns x 4 token pairs hit 32 banks; 34 KB, inside the operand tiles).
+constexpr int kStageLd = 68;
+static_assert(128 * kStageLd * 4 <= 4 * kTileBytes, "staging fits in the operand tiles");
+
+// The staged rows -> GEMM2's bf16 input (quant_rows' values, with yq's static scales). Lane l of warp w
+// takes columns 4 (l % 16) .. + 3 of tokens 2 w + l / 16, + 16, ...: a scale block spans 4 (NVFP4) or 8
+// (MX) lanes, which share its maximum by shuffles; cols: the CTA's columns inside I (a multiple of 32).
+template <AQ Q>
+__device__ __forceinline__ void quant_staged_q(const GemmArgs& a, int e, const float* st, int n, int64_t p0, int cols) {
+  constexpr int L = QTraits<Q>::block / 4;
+  constexpr bool kBlock = Q != AQ::None && Q != AQ::FP8;
+  const RowQuant rq = row_quant<Q>(a.yq_sc, a.vllm, a.yq_rule, a.yq_rounding, e);
+  const int lane = threadIdx.x & 31, half = lane >> 4, c = 4 * (lane & 15);
+  for (int t0 = 2 * (threadIdx.x >> 5); t0 < n; t0 += 2 * (kThreads / 32)) {  // warp-uniform
+    const int tok = t0 + half;
+    const bool ok = tok < n && c < cols;
+    const float4 v4 = *reinterpret_cast<const float4*>(st + (ok ? tok : 0) * kStageLd + c);
+    const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+    float amax = 0.0f;
+    bool bad = false;
+    if constexpr (kBlock) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t u = cc::fbits(v[i]);
+        bad |= block_bad<Q>(u);
+        const float f = cc::bitsf(u & 0x7fffffffu);
+        amax = f > amax ? f : amax;
+      }
+#pragma unroll
+      for (int o = 1; o < L; o <<= 1) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));  // never NaN: the comparisons skip it
+        bad = __shfl_xor_sync(0xffffffffu, int(bad), o) | bad;
+      }
+    }
+    const BlockQ p = block_params<Q>(amax, bad, rq);
+    if (!ok) continue;
+    uint32_t w[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+      w[i] = uint32_t(cc::f32_to_bf16(quant_elem<Q>(v[2 * i], p, rq))) |
+             uint32_t(cc::f32_to_bf16(quant_elem<Q>(v[2 * i + 1], p, rq))) << 16;
+    *reinterpret_cast<uint2*>(a.yq + (p0 + tok) * a.ldy + 64 * int64_t(blockIdx.y) + c) = make_uint2(w[0], w[1]);
+  }
+}
+
+__device__ __forceinline__ void quant_staged(const GemmArgs& a, int e, const float* st, int n, int64_t p0, int cols) {
+  switch (a.yq_aq) {
+    case AQ::None: return quant_staged_q<AQ::None>(a, e, st, n, p0, cols);
+    case AQ::NVFP4: return quant_staged_q<AQ::NVFP4>(a, e, st, n, p0, cols);
+    case AQ::MXFP4: return quant_staged_q<AQ::MXFP4>(a, e, st, n, p0, cols);
+    case AQ::MXFP6_E2M3: return quant_staged_q<AQ::MXFP6_E2M3>(a, e, st, n, p0, cols);
+    case AQ::MXFP6_E3M2: return quant_staged_q<AQ::MXFP6_E3M2>(a, e, st, n, p0, cols);
+    case AQ::FP8: return quant_staged_q<AQ::FP8>(a, e, st, n, p0, cols);
+  }
+}
 
 __device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 128 + ((unit ^ (row & 7)) << 4)); }
 
@@ -176,9 +236,30 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
 
   // Epilogue per (m-tile, 8-token group): the GEMV kernel's, on rows p0 + tok0 ...
   const float alpha = cc::mul_rn(gemm::act_alpha(a, e), a.w_alpha[e]);
+  auto m_of = [&](int q) { return int(blockIdx.y) * 8 + 4 * wm + (WG ? warp & 3 : q / 4); };
+  auto tok_of = [&](int q) { return WG ? 8 * q : 32 * wn + 8 * (q % 4); };
+  if (GATED && a.yq) {
+    // ... or GEMM2's input straight away: the activations of the CTA's 64 output columns go to shared
+    // memory (the operand tiles are free now), then whole scale blocks of them are quantized as
+    // quant_rows would from y.
+    float* st = reinterpret_cast<float*>(smem);
+    __syncthreads();  // every warp is done with the operand tiles
+#pragma unroll
+    for (int q = 0; q < 16; ++q) {
+      const int m = m_of(q), tok0 = tok_of(q);
+      if (m >= M16 || tok0 >= n) continue;
+      float v[2];
+      gemv::mtile_act(a, e, alpha, mode, m, acc + 4 * q, v);
+      const int col = 8 * (m - int(blockIdx.y) * 8) + (lane >> 2), tok = tok0 + 2 * (lane & 3);
+      st[tok * kStageLd + col] = v[0], st[(tok + 1) * kStageLd + col] = v[1];
+    }
+    __syncthreads();
+    quant_staged(a, e, st, n, p0, I - 64 * int(blockIdx.y));
+    return;
+  }
 #pragma unroll
   for (int q = 0; q < 16; ++q) {
-    const int m = blockIdx.y * 8 + 4 * wm + (WG ? warp & 3 : q / 4), tok0 = WG ? 8 * q : 32 * wn + 8 * (q % 4);
+    const int m = m_of(q), tok0 = tok_of(q);
     if (m < M16 && tok0 < n) gemv::store_mtile<GATED>(a, e, alpha, mode, m, acc + 4 * q, n - tok0, int64_t(p0) + tok0);
   }
 }

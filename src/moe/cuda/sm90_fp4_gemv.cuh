@@ -187,30 +187,41 @@ __device__ __forceinline__ bool reduce_ksplit(float4* red, int ksplit, int mpc, 
   return true;
 }
 
+// GEMM1's output of m-tile mt of expert e in this lane: column 8 mt + lane / 4 for tokens 2 (lane % 4)
+// and + 1 (alpha, bias, the gated activation, vllm mode's bf16 roundings).
+__device__ __forceinline__ void mtile_act(const GemmArgs& a, int e, float alpha, int mode, int mt, const float acc[4],
+                                          float v[2]) {
+  const int g = (threadIdx.x & 31) >> 2, I = a.N / 2;
+  const float* bias = a.bias ? a.bias + int64_t(e) * a.N : nullptr;
+  auto finish = [&](float x, int row) {
+    x = cc::mul_rn(x, alpha);
+    if (bias) x = cc::add_rn(x, bias[row]);
+    return a.vllm ? round_bf16(x) : x;
+  };
+  const int r0 = tile_row(mode, mt, g, I), r1 = tile_row(mode, mt, g + 8, I);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    v[j] = gated_act(a.act, finish(acc[j], r0), finish(acc[2 + j], r1), a.act_alpha, a.act_limit);
+    if (a.vllm) v[j] = round_bf16(v[j]);
+  }
+}
+
 // Epilogue of one m-tile of expert e for its n tokens (rows p0 .. p0 + n - 1 of y): alpha, bias, vllm
 // bf16 rounding, and for GEMM1 (GATED) the gated activation and the amax atomics.
 template <bool GATED>
 __device__ __forceinline__ void store_mtile(const GemmArgs& a, int e, float alpha, int mode, int mt, const float acc[4],
                                             int n, int64_t p0) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, I = a.N / 2;
-  const float* bias = a.bias ? a.bias + int64_t(e) * a.N : nullptr;
-  auto finish = [&](float v, int row) {
-    v = cc::mul_rn(v, alpha);
-    if (bias) v = cc::add_rn(v, bias[row]);
-    return a.vllm ? round_bf16(v) : v;
-  };
-  const int r0 = tile_row(mode, mt, g, I), r1 = tile_row(mode, mt, g + 8, I);
   if constexpr (GATED) {
-    float amax = 0.0f;
+    float amax = 0.0f, v[2];
+    mtile_act(a, e, alpha, mode, mt, acc, v);
     const int col = 8 * mt + g;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int tok = 2 * t + j;
       if (tok >= n) continue;
-      float v = gated_act(a.act, finish(acc[j], r0), finish(acc[2 + j], r1), a.act_alpha, a.act_limit);
-      if (a.vllm) v = round_bf16(v);
-      a.y[(p0 + tok) * a.ldy + col] = v;
-      amax = fmaxf(amax, fabsf(v));
+      a.y[(p0 + tok) * a.ldy + col] = v[j];
+      amax = fmaxf(amax, fabsf(v[j]));
     }
     if (a.amax_out || a.amax_out_e) {
 #pragma unroll
@@ -221,12 +232,19 @@ __device__ __forceinline__ void store_mtile(const GemmArgs& a, int e, float alph
       }
     }
   } else {
+    const float* bias = a.bias ? a.bias + int64_t(e) * a.N : nullptr;
+    auto finish = [&](float v, int row) {
+      v = cc::mul_rn(v, alpha);
+      if (bias) v = cc::add_rn(v, bias[row]);
+      return a.vllm ? round_bf16(v) : v;
+    };
+    const int r0 = tile_row(mode, mt, g, I), r1 = tile_row(mode, mt, g + 8, I);
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int tok = 2 * t + j;
       if (tok >= n) continue;
-      a.y[(p0 + tok) * a.ldy + r0] = finish(acc[j], r0);
-      a.y[(p0 + tok) * a.ldy + r1] = finish(acc[2 + j], r1);
+      store_y(a, (p0 + tok) * a.ldy + r0, finish(acc[j], r0));
+      store_y(a, (p0 + tok) * a.ldy + r1, finish(acc[2 + j], r1));
     }
   }
 }
