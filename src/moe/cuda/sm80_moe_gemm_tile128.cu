@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
   const int wm = warp >> 2, wn = warp & 3;
   const int mode = gemv::row_mode(a, GATED), I = a.N / 2, M16 = a.N / 16;
   const uint32_t sbase = sm80::smem_addr(smem);
-  int64_t* brows = reinterpret_cast<int64_t*>(smem + kRowsOffset);
+  const uint16_t** brows = reinterpret_cast<const uint16_t**>(smem + kRowsOffset);
 
   // This thread's weight row (tile row tid / 2, elements 32 * (tid % 2) .. + 31 of each chunk).
   const int tr = tid >> 1, th = tid & 1, mt = blockIdx.y * 8 + tr / 16;
@@ -144,37 +144,37 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
     if constexpr (kLut) gemv::load_raw<W>(rc, rs, k0, row_ok && k0 < a.K, raw);
     else gemm::load_raw<W>(a, rc, rs, k0, row_ok && k0 < a.K, raw);
   };
+  // Units 4 th + u of row tr: swz(tr, 4 th + u) == swz(tr, 4 th) ^ (u << 4) (u < 4 flips only the unit's
+  // low two bits), one value kept instead of rebuilding the swizzle from tid per chunk.
+  const uint32_t wbase = swz(tr, 4 * th);
   auto store_w = [&](int buf) {
     uint32_t w[16];
     if constexpr (kLut) gemv::decode_raw<W>(raw, lut, w);
     else gemm::decode<W>(raw, vllm_gs, w);
 #pragma unroll
     for (int u = 0; u < 4; ++u)
-      *reinterpret_cast<uint4*>(smem + buf * kTileBytes + swz(tr, 4 * th + u)) =
+      *reinterpret_cast<uint4*>(smem + buf * kTileBytes + (wbase ^ (uint32_t(u) << 4))) =
           make_uint4(w[4 * u], w[4 * u + 1], w[4 * u + 2], w[4 * u + 3]);
   };
   // Token rows: thread tid copies unit tid % 8 of rows tid / 8 + 32 * i, i < 4 (128 rows x 8 units per
-  // chunk); the sources' row parts are fixed per tile, so they are computed once.
-  if (tid < kBN) brows[tid] = tid < n ? (a.b_row ? a.b_row[p0 + tid] : p0 + tid) : -1;
+  // chunk). The rows' source addresses are fixed per tile: they wait in shared memory (nullptr past the
+  // tile's tokens) and are re-read per chunk, since registers are short (acc takes 64 of 128) and the
+  // compiler otherwise rebuilt them from the row indices every chunk (~60 instructions).
+  if (tid < kBN) brows[tid] = tid < n ? a.b16 + (a.b_row ? a.b_row[p0 + tid] : p0 + tid) * a.ldb : nullptr;
   __syncthreads();
   const int unit = tid & 7;
   const uint32_t bdst = swz(tid >> 3, unit);  // + 32 * 128 * i for row tid / 8 + 32 i (same row % 8)
-  const uint16_t* bsrc[4];
-  bool bok[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t br = brows[(tid >> 3) + 32 * i];
-    bsrc[i] = a.b16 + (br >= 0 ? br : 0) * a.ldb + 8 * unit;
-    bok[i] = br >= 0;
-  }
   auto load_b = [&](int buf) {
     const uint32_t base = sbase + uint32_t((2 + buf) * kTileBytes) + bdst;
     const bool kv = int64_t(bk) * kKc + 8 * unit < a.K;
-    // Zero-filled copies (past K, or rows past the tile's tokens, which point at row 0) read nothing,
-    // from an address inside the row all the same.
-    const int64_t off = int64_t(bt) * a.b_term_stride + (kv ? int64_t(bk) * kKc : 0);
+    // Zero-filled copies (past K, or rows past the tile's tokens) read nothing, from an address inside
+    // row 0 all the same.
+    const int64_t off = int64_t(bt) * a.b_term_stride + (kv ? int64_t(bk) * kKc : 0) + 8 * unit;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) sm80::cp_async16(base + 32 * 128 * i, bsrc[i] + off, kv && bok[i]);
+    for (int i = 0; i < 4; ++i) {
+      const uint16_t* row = brows[(tid >> 3) + 32 * i];
+      sm80::cp_async16(base + 32 * 128 * i, (row ? row : a.b16) + off, kv && row);
+    }
     sm80::cp_async_commit();
     if (++bk == nch) bk = 0, ++bt;
   };
@@ -189,50 +189,56 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
   load_b(0);
   store_w(0);
   if (nsteps > 1) load_w();
-  for (int c = 0; c < nsteps; ++c) {
-    const int buf = c & 1;
-    sm80::cp_async_wait<0>();
-    if constexpr (WG) sm90::fence_proxy_async();  // this thread's tile stores and copies, for the tensor cores
-    __syncthreads();  // A[buf] written, B[buf] landed; everyone is done with the other buffers
-    if (c + 1 < nsteps) load_b(buf ^ 1);
-    const uint32_t A = sbase + uint32_t(buf * kTileBytes), B = sbase + uint32_t((2 + buf) * kTileBytes);
-    if constexpr (WG) {
-      const uint64_t da = sm90::desc_sw128(A + uint32_t(wm * 64 * 128)), db = sm90::desc_sw128(B);
-      sm90::wgmma_fence();
-      if (n > 64) {
+  // wgmma descriptors differ only in their start-address field (descriptor bits 0-13): this warpgroup's
+  // A rows and the B tile of buffer 0, + kTileBytes / 16 for buffer 1, + 2 per k16 step.
+  const uint32_t a_lo = sm90::desc_lo(sbase + uint32_t(wm * 64 * 128)), b_lo = sm90::desc_lo(sbase + 2 * kTileBytes);
+  // NW: the wgmma width, fixed per tile (a tile of at most 64 tokens takes n64) so that the loop holds
+  // one uniform sequence of products.
+  auto mainloop = [&](auto nw) {
+    constexpr int NW = decltype(nw)::value;
+    for (int c = 0; c < nsteps; ++c) {
+      const int buf = c & 1;
+      sm80::cp_async_wait<0>();
+      if constexpr (WG) sm90::fence_proxy_async();  // this thread's tile stores and copies, for the tensor cores
+      __syncthreads();  // A[buf] written, B[buf] landed; everyone is done with the other buffers
+      if (c + 1 < nsteps) load_b(buf ^ 1);
+      if constexpr (WG) {
+        const uint32_t al = a_lo + uint32_t(buf * (kTileBytes >> 4)), bl = b_lo + uint32_t(buf * (kTileBytes >> 4));
+        sm90::wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < kKc / 16; ++ks) sm90::wgmma_bf16<128>(acc, da + 2 * ks, db + 2 * ks);
-      } else {
+        for (int ks = 0; ks < kKc / 16; ++ks)
+          sm90::wgmma_bf16<NW>(acc, sm90::desc_sw128_lo(al + 2 * ks), sm90::desc_sw128_lo(bl + 2 * ks));
+        sm90::wgmma_commit();
+      } else if (32 * wn < n) {  // a warp whose 32 tokens are all past the tile's n has only zero rows
+        const uint32_t A = sbase + uint32_t(buf * kTileBytes), B = sbase + uint32_t((2 + buf) * kTileBytes);
 #pragma unroll
-        for (int ks = 0; ks < kKc / 16; ++ks) sm90::wgmma_bf16<64>(acc, da + 2 * ks, db + 2 * ks);
+        for (int ks = 0; ks < kKc / 16; ++ks) {
+          uint32_t af[4][4], bf[4][2];
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            sm80::ldsm_x4(A + swz(64 * wm + 16 * i + (lane & 15), 2 * ks + (lane >> 4)), af[i][0], af[i][1], af[i][2],
+                          af[i][3]);
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+            sm80::ldsm_x4(B + swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)),
+                          bf[2 * j][0], bf[2 * j][1], bf[2 * j + 1][0], bf[2 * j + 1][1]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+              sm80::mma_bf16(acc + 4 * (4 * i + j), af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
+        }
       }
-      sm90::wgmma_commit();
+      // The next chunk's weights: decoded while this chunk's products drain through the tensor cores.
+      if (c + 1 < nsteps) {
+        store_w(buf ^ 1);
+        if (c + 2 < nsteps) load_w();
+      }
+      if constexpr (WG) sm90::wgmma_wait<0>();  // before the next barrier frees this chunk's tiles
     }
-    // A warp whose 32 tokens are all past the tile's n (the last tile of an expert) has only zero rows.
-#pragma unroll
-    for (int ks = 0; ks < kKc / 16 && !WG && 32 * wn < n; ++ks) {
-      uint32_t af[4][4], bf[4][2];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        sm80::ldsm_x4(A + swz(64 * wm + 16 * i + (lane & 15), 2 * ks + (lane >> 4)), af[i][0], af[i][1], af[i][2],
-                      af[i][3]);
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-        sm80::ldsm_x4(B + swz(32 * wn + 16 * j + (lane & 7) + ((lane >> 4) << 3), 2 * ks + ((lane >> 3) & 1)),
-                      bf[2 * j][0], bf[2 * j][1], bf[2 * j + 1][0], bf[2 * j + 1][1]);
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          sm80::mma_bf16(acc + 4 * (4 * i + j), af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0], bf[j][1]);
-    }
-    // The next chunk's weights: decoded while this chunk's products drain through the tensor cores.
-    if (c + 1 < nsteps) {
-      store_w(buf ^ 1);
-      if (c + 2 < nsteps) load_w();
-    }
-    if constexpr (WG) sm90::wgmma_wait<0>();  // before the next barrier frees this chunk's tiles
-  }
+  };
+  if (WG && n <= 64) mainloop(std::integral_constant<int, 64>{});
+  else mainloop(std::integral_constant<int, 128>{});
 
   // Epilogue per (m-tile, 8-token group): the GEMV kernel's, on rows p0 + tok0 ...
   const float alpha = cc::mul_rn(gemm::act_alpha(a, e), a.w_alpha[e]);

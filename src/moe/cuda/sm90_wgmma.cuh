@@ -13,11 +13,13 @@ constexpr bool kWgmma = true;
 constexpr bool kWgmma = false;
 #endif
 
-// Descriptor of a K-major, 128B-swizzled operand at shared address addr (1024-byte aligned pattern; a
-// k16 step inside the 128-byte row is addr + 32 * step): 8-row groups 1024 bytes apart, no leading offset
-// (the k16 extent lies inside one swizzled row).
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
-  return uint64_t((addr & 0x3FFFFu) >> 4) | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
+// Descriptor of a K-major, 128B-swizzled operand (1024-byte aligned pattern; a k16 step inside the
+// 128-byte row is address + 32 * step): 8-row groups 1024 bytes apart, no leading offset (the k16 extent
+// lies inside one swizzled row). desc_lo is its start-address field alone (bits 0-13): a k16 step adds
+// 2 and never carries out of it, since shared addresses stay below 228 KB, so loops step 32-bit values.
+__device__ __forceinline__ uint32_t desc_lo(uint32_t addr) { return (addr & 0x3FFFFu) >> 4; }
+__device__ __forceinline__ uint64_t desc_sw128_lo(uint32_t lo) {
+  return uint64_t(lo) | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
 }
 
 __device__ __forceinline__ void wgmma_fence() {
