@@ -13,6 +13,7 @@
 #
 #   run: bash scripts/device/test.sh            (carry: [".devdeps"])
 #        bash scripts/device/test.sh --build-only
+#   env: ARCHS (90a;80), PARTS (quant moe: which sanitizer runs), SAN_TIMEOUT (200 s per sanitizer run)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -80,7 +81,7 @@ if [ $BUILD_OK = 1 ]; then
   skipped=$(grep -c "\*\*\*Skipped" "$OUT/ctest.log" || true)
   [ "$skipped" = 0 ] || note "  skipped" "-" "$skipped (see ctest.log)"
 
-  for part in quant moe; do
+  for part in ${PARTS:-quant moe}; do
     if [ $part = quant ]; then filter='*Device*:-*MoeDevice*'; else filter='*MoeDevice*:*CudaMoeRouting*'; fi
     for tool in memcheck racecheck; do
       t0=$(date +%s)
