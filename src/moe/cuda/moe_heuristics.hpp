@@ -159,6 +159,9 @@ constexpr int kFusedMaxSmem = 160 * 1024;
 // the SIMT kernel ~13 us at T = 64 and ~380 us at T = 4096. Far above the fused kernel's 8 tokens, so
 // the fused and multi-kernel forwards, which must agree bit for bit, always share logits4.
 constexpr int64_t kLogitsMmaMinTokens = 512;
+// Up to this many tokens the SIMT logits give each (expert, 4 tokens) item a CTA of 8 warps, one per
+// slice group (the fused kernel's stage A, 5.7 -> 1.3 us there), instead of one warp walking all of H.
+constexpr int64_t kLogitsSlicedMaxTokens = 64;
 inline bool use_logits_mma(int64_t T, int64_t H) { return T >= kLogitsMmaMinTokens && H % 8 == 0; }
 
 struct FusedPlan {

@@ -40,6 +40,16 @@ __global__ void __launch_bounds__(256) logits_kernel(const RouteArgs a, int tpc)
   }
 }
 
+// Logits at few tokens: a CTA per (expert, 4 tokens) item, its 8 warps on the 8 slice groups
+// (logits_item_cta, as the fused kernel): H / 2048 loads per warp in flight instead of H / 256 in a chain.
+__global__ void __launch_bounds__(256) logits_sliced_kernel(const RouteArgs a) {
+  __shared__ float4 red[8 * 32];
+  __shared__ float lmax[8 * 4];
+  const int tg = int((a.T + 3) / 4);
+  for (int item = blockIdx.x; item < a.E * tg; item += gridDim.x)
+    logits_item_cta(a, item % a.E, 4 * int64_t(item / a.E), red, lmax, true);
+}
+
 // Lane j < k writes slot j of token t, and counts it for the permutation unless its expert belongs to
 // another rank (then the finalize reads the zero row for it).
 __device__ __forceinline__ void emit_slot(const RouteArgs& a, int64_t t, int lane, int id, float w) {
@@ -250,13 +260,14 @@ cudaError_t route(const RouteArgs& a, cudaStream_t s) {
   // MXMOE_CUDA_ROUTE_LEGACY=1: the v2 geometry (8 experts x 16 tokens per CTA, 16 candidates per lane)
   // for A/B runs (same bits, see logits_kernel / topk_token).
   static const bool legacy = env_int("MXMOE_CUDA_ROUTE_LEGACY", 0) != 0;
-  // Small T: few experts and 4 tokens per CTA, so that the E x H gate streams through many SMs (v2: 64
-  // CTAs at T = 64, 16 at T = 1).
-  const int epc = legacy ? 8 : (a.T <= 16 ? 2 : 8);
-  const int tpc = legacy ? 16 : (a.T <= 256 ? 4 : 16);
+  // Up to 256 tokens 4 tokens per CTA, so that the E x H gate streams through many SMs.
+  const int epc = 8, tpc = legacy ? 16 : (a.T <= 256 ? 4 : 16);
   if (!legacy && use_logits_mma(a.T, a.H) && a.gate3 != nullptr) {
     const cudaError_t err = router_logits_mma(a, s);
     if (err != cudaSuccess) return err;
+  } else if (!legacy && a.T <= kLogitsSlicedMaxTokens) {
+    const int64_t items = int64_t(a.E) * ((a.T + 3) / 4);
+    logits_sliced_kernel<<<unsigned(items < 4096 ? items : 4096), 256, 0, s>>>(a);
   } else {
     const dim3 g1(unsigned((a.E + epc - 1) / epc), unsigned((a.T + tpc - 1) / tpc));
     logits_kernel<<<g1, 32 * epc, 0, s>>>(a, tpc);

@@ -1,6 +1,7 @@
 // Device pieces of the router shared by the route kernels (moe_route.cu) and the fused small-T layer
-// kernel: the logits of one expert for 4 tokens, and the top-k selection of one token (softmax_topk,
-// topk_then_softmax; the grouped sigmoid router runs in moe_route.cu only).
+// kernel: the logits of one expert for 4 tokens (by one warp, or by a CTA of 8 warps), and the top-k
+// selection of one token (softmax_topk, topk_then_softmax; the grouped sigmoid router runs in
+// moe_route.cu only).
 #pragma once
 #include <cfloat>
 
@@ -68,6 +69,49 @@ __device__ __forceinline__ void logits4(const RouteArgs& a, const float* grow, i
     for (int i = 0; i < 4; ++i) acc[i] += q[i];
   }
   logits_reduce(acc, am);
+}
+
+// One item of the logits by a whole CTA of 8 warps (every thread calls it): expert e with tokens t0 ..
+// t0 + 3 (< a.T), warp w on slice group w, warp 0 adding the groups in order (logits4's bits); writes
+// the logits (+ gate bias) and, for e == 0, the tokens' |x| maxima to rowamax (and into amax_x when
+// amax_all). Shared memory: red 8 * 32 float4, lmax 8 * 4 floats.
+__device__ __forceinline__ void logits_item_cta(const RouteArgs& a, int e, int64_t t0, float4* red, float* lmax,
+                                                bool amax_all) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float q[4], am[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  logits_group(a, a.gate + int64_t(e) * a.H, t0, lane, warp, q, am);
+  red[warp * 32 + lane] = make_float4(q[0], q[1], q[2], q[3]);
+  if (e == 0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], o));
+    if (lane == 0)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) lmax[warp * 4 + i] = am[i];
+  }
+  __syncthreads();
+  if (warp == 0) {
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, m[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int w = 0; w < 8; ++w) {
+      const float4 v = red[w * 32 + lane];
+      acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
+    }
+    logits_reduce(acc, m);
+    if (lane == 0)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (t0 + i < a.T) {
+          a.logits[(t0 + i) * a.E + e] = acc[i] + (a.gate_bias ? a.gate_bias[e] : 0.0f);
+          if (e == 0) {
+            float mx = 0.0f;
+            for (int w = 0; w < 8; ++w) mx = fmaxf(mx, lmax[w * 4 + i]);
+            a.rowamax[t0 + i] = mx;
+            if (amax_all) atomic_max_pos(a.amax_x, mx);
+          }
+        }
+  }
+  __syncthreads();  // red and lmax are reused by the next item
 }
 
 __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {

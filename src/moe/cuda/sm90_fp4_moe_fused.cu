@@ -197,7 +197,6 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
             si + 6 * kMaxSlots,
             reinterpret_cast<float*>(si + 7 * kMaxSlots),
             reinterpret_cast<float*>(smem + L.amax_e)};
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   unsigned long long* stamp = a.stamps && threadIdx.x == 0 ? a.stamps + blockIdx.x * kFusedStamps : nullptr;
   auto mark = [&](int i) {
     if (stamp) stamp[i] = clock64();
@@ -210,46 +209,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
     if (a.g1.amax_out_e)
       for (int e = threadIdx.x; e < r.E; e += kThreads) a.g1.amax_out_e[e] = 0.0f;
   }
-  // Warp w computes slice group w; warp 0 adds the groups in order (logits4's bits).
+  // A CTA per (expert, 4 tokens) item: warp w on slice group w (logits4's bits).
   const int tg = int((r.T + 3) / 4);
-  float4* red = reinterpret_cast<float4*>(smem + L.red);
-  float* lmax = reinterpret_cast<float*>(smem + L.lmax);
-  for (int item = blockIdx.x; item < r.E * tg; item += gridDim.x) {
-    const int e = item % r.E, t0 = 4 * (item / r.E);
-    float q[4], am[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    logits_group(r, r.gate + int64_t(e) * r.H, t0, lane, warp, q, am);
-    red[warp * 32 + lane] = make_float4(q[0], q[1], q[2], q[3]);
-    if (e == 0) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], o));
-      if (lane == 0)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) lmax[warp * 4 + i] = am[i];
-    }
-    __syncthreads();
-    if (warp == 0) {
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, m[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int w = 0; w < kWarps; ++w) {
-        const float4 v = red[w * 32 + lane];
-        acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
-      }
-      logits_reduce(acc, m);
-      if (lane == 0)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          if (t0 + i < r.T) {
-            r.logits[(t0 + i) * r.E + e] = acc[i] + (r.gate_bias ? r.gate_bias[e] : 0.0f);
-            if (e == 0) {
-              float mx = 0.0f;
-              for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, lmax[w * 4 + i]);
-              r.rowamax[t0 + i] = mx;
-            }
-          }
-    }
-    __syncthreads();  // red and lmax are reused by the next item
-  }
+  for (int item = blockIdx.x; item < r.E * tg; item += gridDim.x)
+    logits_item_cta(r, item % r.E, 4 * int64_t(item / r.E), reinterpret_cast<float4*>(smem + L.red),
+                    reinterpret_cast<float*>(smem + L.lmax), false);
   mark(1);
   grid.sync();
   mark(2);
