@@ -50,6 +50,25 @@ __device__ __forceinline__ void atomic_max_pos(float* p, float v) {
   atomicMax(reinterpret_cast<int*>(p), __float_as_int(v));
 }
 
+// One accumulator of weight row `row` of expert e: alpha, the bias, vllm mode's bf16 rounding.
+__device__ __forceinline__ float finish_acc(const GemmArgs& a, int e, float alpha, float x, int row) {
+  x = cc::mul_rn(x, alpha);
+  if (a.bias) x = cc::add_rn(x, a.bias[int64_t(e) * a.N + row]);
+  return a.vllm ? round_bf16(x) : x;
+}
+
+// GEMM1's amax outputs (dynamic GEMM2-input scales): the warp's |y| maximum into the all-rows and the
+// per-expert maxima where asked. The whole warp calls it.
+__device__ __forceinline__ void amax_outputs(const GemmArgs& a, int e, float amax) {
+  if (!a.amax_out && !a.amax_out_e) return;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if ((threadIdx.x & 31) == 0) {
+    if (a.amax_out) atomic_max_pos(a.amax_out, amax);
+    if (a.amax_out_e) atomic_max_pos(a.amax_out_e + e, amax);
+  }
+}
+
 // GEMM2's output element idx: bf16 to y16 where the host asked for it (vllm mode, whose values are
 // bf16 already), else float32 to y.
 __device__ __forceinline__ void store_y(const GemmArgs& a, int64_t idx, float v) {

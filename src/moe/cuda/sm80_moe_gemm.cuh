@@ -310,17 +310,11 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gemm_kernel(const GemmArgs a)
     }
   __syncthreads();
   const float alpha = cc::mul_rn(act_alpha(a, e), a.w_alpha[e]);
-  const float* bias = a.bias ? a.bias + int64_t(e) * a.N : nullptr;
   auto sum_at = [&](int lr, int col) {
     float s = red[0][lr][col];
 #pragma unroll
     for (int w = 1; w < kWarps; ++w) s += red[w][lr][col];
     return s;
-  };
-  auto finish = [&](float acc_v, int row) {
-    float v = cc::mul_rn(acc_v, alpha);
-    if (bias) v = cc::add_rn(v, bias[row]);
-    return a.vllm ? round_bf16(v) : v;
   };
   if constexpr (GATED) {
     float amax = 0.0f;
@@ -329,26 +323,20 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gemm_kernel(const GemmArgs a)
       if (col >= n) continue;
       const int glr = oai ? 2 * jc : jc, ulr = oai ? 2 * jc + 1 : 16 + jc;
       const int grow = oai ? rbase[0] + 2 * jc : rbase[0] + jc, urow = oai ? grow + 1 : rbase[1] + jc;
-      const float gate = finish(sum_at(glr, col), grow), up = finish(sum_at(ulr, col), urow);
+      const float gate = finish_acc(a, e, alpha, sum_at(glr, col), grow);
+      const float up = finish_acc(a, e, alpha, sum_at(ulr, col), urow);
       float v = gated_act(a.act, gate, up, a.act_alpha, a.act_limit);
       if (a.vllm) v = round_bf16(v);
       a.y[int64_t(p0 + col) * a.ldy + 16 * blockIdx.y + jc] = v;
       amax = fmaxf(amax, fabsf(v));
     }
-    if (a.amax_out || a.amax_out_e) {
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-      if (lane == 0) {
-        if (a.amax_out) atomic_max_pos(a.amax_out, amax);
-        if (a.amax_out_e) atomic_max_pos(a.amax_out_e + e, amax);
-      }
-    }
+    amax_outputs(a, e, amax);
   } else {
     for (int i = threadIdx.x; i < 32 * kTok; i += blockDim.x) {
       const int lr = i % 32, col = i / 32;
       if (col >= n) continue;
       const int row = 32 * blockIdx.y + lr;
-      store_y(a, int64_t(p0 + col) * a.ldy + row, finish(sum_at(lr, col), row));
+      store_y(a, int64_t(p0 + col) * a.ldy + row, finish_acc(a, e, alpha, sum_at(lr, col), row));
     }
   }
 }

@@ -188,20 +188,15 @@ __device__ __forceinline__ bool reduce_ksplit(float4* red, int ksplit, int mpc, 
 }
 
 // GEMM1's output of m-tile mt of expert e in this lane: column 8 mt + lane / 4 for tokens 2 (lane % 4)
-// and + 1 (alpha, bias, the gated activation, vllm mode's bf16 roundings).
+// and + 1 (finish_acc of the gate and up rows, the gated activation, vllm mode's bf16 rounding).
 __device__ __forceinline__ void mtile_act(const GemmArgs& a, int e, float alpha, int mode, int mt, const float acc[4],
                                           float v[2]) {
   const int g = (threadIdx.x & 31) >> 2, I = a.N / 2;
-  const float* bias = a.bias ? a.bias + int64_t(e) * a.N : nullptr;
-  auto finish = [&](float x, int row) {
-    x = cc::mul_rn(x, alpha);
-    if (bias) x = cc::add_rn(x, bias[row]);
-    return a.vllm ? round_bf16(x) : x;
-  };
   const int r0 = tile_row(mode, mt, g, I), r1 = tile_row(mode, mt, g + 8, I);
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
-    v[j] = gated_act(a.act, finish(acc[j], r0), finish(acc[2 + j], r1), a.act_alpha, a.act_limit);
+    v[j] = gated_act(a.act, finish_acc(a, e, alpha, acc[j], r0), finish_acc(a, e, alpha, acc[2 + j], r1), a.act_alpha,
+                     a.act_limit);
     if (a.vllm) v[j] = round_bf16(v[j]);
   }
 }
@@ -223,28 +218,15 @@ __device__ __forceinline__ void store_mtile(const GemmArgs& a, int e, float alph
       a.y[(p0 + tok) * a.ldy + col] = v[j];
       amax = fmaxf(amax, fabsf(v[j]));
     }
-    if (a.amax_out || a.amax_out_e) {
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-      if (lane == 0) {
-        if (a.amax_out) atomic_max_pos(a.amax_out, amax);
-        if (a.amax_out_e) atomic_max_pos(a.amax_out_e + e, amax);
-      }
-    }
+    amax_outputs(a, e, amax);
   } else {
-    const float* bias = a.bias ? a.bias + int64_t(e) * a.N : nullptr;
-    auto finish = [&](float v, int row) {
-      v = cc::mul_rn(v, alpha);
-      if (bias) v = cc::add_rn(v, bias[row]);
-      return a.vllm ? round_bf16(v) : v;
-    };
     const int r0 = tile_row(mode, mt, g, I), r1 = tile_row(mode, mt, g + 8, I);
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int tok = 2 * t + j;
       if (tok >= n) continue;
-      store_y(a, (p0 + tok) * a.ldy + r0, finish(acc[j], r0));
-      store_y(a, (p0 + tok) * a.ldy + r1, finish(acc[2 + j], r1));
+      store_y(a, (p0 + tok) * a.ldy + r0, finish_acc(a, e, alpha, acc[j], r0));
+      store_y(a, (p0 + tok) * a.ldy + r1, finish_acc(a, e, alpha, acc[2 + j], r1));
     }
   }
 }
