@@ -9,30 +9,17 @@
 
 namespace mxmoe::moe::cuda {
 
+// The block scheme of a quantized GEMM input (format traits: scheme.hpp). None and FP8 (one scale per
+// tensor) have none: they are processed elementwise, in chunks of 32.
+constexpr bool aq_blocked(AQ q) { return q == AQ::NVFP4 || q == AQ::MXFP4 || q == AQ::MXFP6_E2M3 || q == AQ::MXFP6_E3M2; }
+constexpr Scheme aq_scheme(AQ q) {
+  return q == AQ::NVFP4 ? Scheme::NVFP4 : q == AQ::MXFP6_E2M3 ? Scheme::MXFP6_E2M3 : q == AQ::MXFP6_E3M2 ? Scheme::MXFP6_E3M2 : Scheme::MXFP4;
+}
+
 template <AQ Q>
 struct QTraits {
-  static constexpr int block = 32;
-  static constexpr Encoding elem = Encoding::E2M1;
-};
-template <>
-struct QTraits<AQ::NVFP4> {
-  static constexpr int block = 16;
-  static constexpr Encoding elem = Encoding::E2M1;
-};
-template <>
-struct QTraits<AQ::MXFP6_E2M3> {
-  static constexpr int block = 32;
-  static constexpr Encoding elem = Encoding::E2M3;
-};
-template <>
-struct QTraits<AQ::MXFP6_E3M2> {
-  static constexpr int block = 32;
-  static constexpr Encoding elem = Encoding::E3M2;
-};
-template <>
-struct QTraits<AQ::FP8> {
-  static constexpr int block = 32;
-  static constexpr Encoding elem = Encoding::E4M3;
+  static constexpr int block = aq_blocked(Q) ? traits(aq_scheme(Q)).block : 32;
+  static constexpr Encoding elem = Q == AQ::FP8 ? Encoding::E4M3 : traits(aq_scheme(Q)).element;
 };
 
 // The parameters of one row's quantization.
