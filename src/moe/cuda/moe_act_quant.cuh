@@ -46,9 +46,17 @@ struct BlockQ {
   bool nan = false;                  // MX: the block holds a non-finite value, every element becomes NaN
 };
 
-template <AQ Q>
-__device__ __forceinline__ bool block_bad(uint32_t bits) {
-  return Q == AQ::NVFP4 ? cc::is_nan_bits(bits) : !cc::is_finite_bits(bits);
+// Folds N values into a block's |x| max (NaN excluded: the comparisons skip it) and its bad flag (a NaN
+// for NVFP4, a non-finite value for MX); a block split across lanes folds each lane's part, then combines.
+template <AQ Q, int N>
+__device__ __forceinline__ void scan_block(const float* v, float& amax, bool& bad) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const uint32_t u = cc::fbits(v[i]);
+    bad |= Q == AQ::NVFP4 ? cc::is_nan_bits(u) : !cc::is_finite_bits(u);
+    const float f = cc::bitsf(u & 0x7fffffffu);
+    amax = f > amax ? f : amax;
+  }
 }
 
 template <AQ Q>
@@ -91,26 +99,22 @@ __device__ __forceinline__ float quant_elem(float v, const BlockQ& p, const RowQ
   }
 }
 
+// Two elements -> one bf16 pair (the first low).
+template <AQ Q>
+__device__ __forceinline__ uint32_t quant_pair(float v0, float v1, const BlockQ& p, const RowQuant& rq) {
+  return uint32_t(cc::f32_to_bf16(quant_elem<Q>(v0, p, rq))) | uint32_t(cc::f32_to_bf16(quant_elem<Q>(v1, p, rq))) << 16;
+}
+
 // One block of QTraits<Q>::block values -> bf16 pairs (element 2i low, 2i + 1 high).
 template <AQ Q>
 __device__ __forceinline__ void quant_block(const float* v, const RowQuant& rq, uint32_t* out) {
   constexpr int B = QTraits<Q>::block;
   float amax = 0.0f;
   bool bad = false;
-  if constexpr (Q != AQ::None && Q != AQ::FP8) {
-#pragma unroll
-    for (int i = 0; i < B; ++i) {
-      const uint32_t u = cc::fbits(v[i]);
-      bad |= block_bad<Q>(u);
-      const float f = cc::bitsf(u & 0x7fffffffu);
-      amax = f > amax ? f : amax;
-    }
-  }
+  if constexpr (aq_blocked(Q)) scan_block<Q, B>(v, amax, bad);
   const BlockQ p = block_params<Q>(amax, bad, rq);
 #pragma unroll
-  for (int i = 0; i < B / 2; ++i)
-    out[i] = uint32_t(cc::f32_to_bf16(quant_elem<Q>(v[2 * i], p, rq))) |
-             uint32_t(cc::f32_to_bf16(quant_elem<Q>(v[2 * i + 1], p, rq))) << 16;
+  for (int i = 0; i < B / 2; ++i) out[i] = quant_pair<Q>(v[2 * i], v[2 * i + 1], p, rq);
 }
 
 // Loads B consecutive bf16 or float32 values as float (through L2: the fused kernel reads rows that other

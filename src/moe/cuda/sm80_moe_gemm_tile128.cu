@@ -59,7 +59,6 @@ static_assert(128 * kStageLd * 4 <= 4 * kTileBytes, "staging fits in the operand
 template <AQ Q>
 __device__ __forceinline__ void quant_staged_q(const GemmArgs& a, int e, const float* st, int n, int64_t p0, int cols) {
   constexpr int L = QTraits<Q>::block / 4;
-  constexpr bool kBlock = Q != AQ::None && Q != AQ::FP8;
   const RowQuant rq = row_quant<Q>(a.yq_sc, a.vllm, a.yq_rule, a.yq_rounding, e);
   const int lane = threadIdx.x & 31, half = lane >> 4, c = 4 * (lane & 15);
   for (int t0 = 2 * (threadIdx.x >> 5); t0 < n; t0 += 2 * (kThreads / 32)) {  // warp-uniform
@@ -69,14 +68,8 @@ __device__ __forceinline__ void quant_staged_q(const GemmArgs& a, int e, const f
     const float v[4] = {v4.x, v4.y, v4.z, v4.w};
     float amax = 0.0f;
     bool bad = false;
-    if constexpr (kBlock) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t u = cc::fbits(v[i]);
-        bad |= block_bad<Q>(u);
-        const float f = cc::bitsf(u & 0x7fffffffu);
-        amax = f > amax ? f : amax;
-      }
+    if constexpr (aq_blocked(Q)) {
+      scan_block<Q, 4>(v, amax, bad);
 #pragma unroll
       for (int o = 1; o < L; o <<= 1) {
         amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));  // never NaN: the comparisons skip it
@@ -87,9 +80,7 @@ __device__ __forceinline__ void quant_staged_q(const GemmArgs& a, int e, const f
     if (!ok) continue;
     uint32_t w[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-      w[i] = uint32_t(cc::f32_to_bf16(quant_elem<Q>(v[2 * i], p, rq))) |
-             uint32_t(cc::f32_to_bf16(quant_elem<Q>(v[2 * i + 1], p, rq))) << 16;
+    for (int i = 0; i < 2; ++i) w[i] = quant_pair<Q>(v[2 * i], v[2 * i + 1], p, rq);
     *reinterpret_cast<uint2*>(a.yq + (p0 + tok) * a.ldy + 64 * int64_t(blockIdx.y) + c) = make_uint2(w[0], w[1]);
   }
 }
@@ -195,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
   // NW: the wgmma width, fixed per tile (a tile of at most 64 tokens takes n64) so that the loop holds
   // one uniform sequence of products.
   auto mainloop = [&](auto nw) {
-    constexpr int NW = decltype(nw)::value;
+    [[maybe_unused]] constexpr int NW = decltype(nw)::value;  // unused by the mma.sync instantiations
     for (int c = 0; c < nsteps; ++c) {
       const int buf = c & 1;
       sm80::cp_async_wait<0>();
