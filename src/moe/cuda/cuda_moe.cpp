@@ -371,18 +371,20 @@ struct GemmSetup {
     if (m.aq == k::AQ::FP8) return false;
     return !nv() || (vllm ? w2.vllm_static_gs > 0 : w2.static_every);
   }
-  // GEMM1: the activation into a2 [rows, w2.K], and its amax outputs for GEMM2's dynamic scales.
-  void gemm1_epilogue(k::GemmArgs& g, const DevProj& w2, float* amax2, float* amax2_e) const {
+  // GEMM1: the activation into a2 [rows, w2.K] float32 with its amax outputs for GEMM2's dynamic scales,
+  // or, given GEMM2's static scales sc2 (tile128 only), GEMM2's input quantized into a2q.
+  void gemm1_epilogue(k::GemmArgs& g, const DevProj& w2, float* amax2, float* amax2_e,
+                      const k::ActScale* sc2 = nullptr) const {
     g.act = int(m.activation.act), g.act_alpha = m.activation.alpha, g.act_limit = effective_limit(m.activation);
-    g.y = m.a2.as<float>(), g.ldy = w2.K;
+    g.ldy = w2.K;
+    if (sc2) {
+      g.yq = m.a2q.as<uint16_t>(), g.yq_aq = m.aq, g.yq_sc = *sc2;
+      g.yq_rule = int(m.act_rule), g.yq_rounding = int(m.act_rounding);
+      return;
+    }
+    g.y = m.a2.as<float>();
     if ((nv() && vllm && w2.vllm_static_gs <= 0) || m.aq == k::AQ::FP8) g.amax_out = amax2;
     if (nv() && !vllm) g.amax_out_e = amax2_e;
-  }
-  // ... or GEMM2's input quantized in GEMM1's epilogue into a2q (tile128, static scales only).
-  void gemm1_epilogue_quant(k::GemmArgs& g, const k::ActScale& sc2) const {
-    g.y = nullptr, g.amax_out = g.amax_out_e = nullptr;
-    g.yq = m.a2q.as<uint16_t>(), g.yq_aq = m.aq, g.yq_sc = sc2;
-    g.yq_rule = int(m.act_rule), g.yq_rounding = int(m.act_rounding);
   }
 };
 
@@ -449,8 +451,7 @@ void run_pass(const GemmSetup& gs, const Pass& p, int64_t T, cudaStream_t stream
   gs.act_side(g1, sc1);
   const k::ActScale sc2 = gs.scales(*p.w2, p.amax2, p.amax2_e);
   const bool quant_in_gemm1 = p.plan.tile128 && k::epilogue_quant_enabled() && gs.gemm2_input_static(*p.w2);
-  gs.gemm1_epilogue(g1, *p.w2, p.amax2, p.amax2_e);
-  if (quant_in_gemm1) gs.gemm1_epilogue_quant(g1, sc2);
+  gs.gemm1_epilogue(g1, *p.w2, p.amax2, p.amax2_e, quant_in_gemm1 ? &sc2 : nullptr);
   MXMOE_CUDA_CHECK(gemm(g1, *p.w13, p.plan.gemv1, p.plan.ksplit1));
 
   // GEMM2 input
