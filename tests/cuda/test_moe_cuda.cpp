@@ -46,6 +46,14 @@ MoeLayer small_layer(const MoeScheme& s, uint32_t seed, bool static_scales, cons
   return l;
 }
 
+// gpt-oss's MLP on a test layer: SwiGLU-OAI (interleaved gate / up rows), top-k then softmax, biases.
+void make_gpt_oss(MoeLayer& l) {
+  l.activation = {Activation::SwiGLUOAI};
+  l.router.kind = RouterKind::TopKThenSoftmax, l.router.renormalize = false;
+  l.b13 = test::random_tensor(DType::F32, {l.num_experts, 2 * l.inter}, 4, 0.1f);
+  l.b2 = test::random_tensor(DType::F32, {l.num_experts, l.hidden}, 5, 0.1f);
+}
+
 class CudaMoeDeviceScheme : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaMoeDeviceScheme, MatchesRefInBothModes) {
@@ -84,11 +92,7 @@ TEST(CudaMoeDevice, EveryActivation) {
     for (Activation act : {Activation::SiLU, Activation::GELU, Activation::GELUTanh, Activation::SwiGLUOAI}) {
       MoeLayer l = small_layer(parse_moe_scheme(sname), 3, false);
       l.activation = {act};
-      if (act == Activation::SwiGLUOAI) {
-        l.router.kind = RouterKind::TopKThenSoftmax, l.router.renormalize = false;
-        l.b13 = test::random_tensor(DType::F32, {l.num_experts, 2 * l.inter}, 4, 0.1f);
-        l.b2 = test::random_tensor(DType::F32, {l.num_experts, l.hidden}, 5, 0.1f);
-      }
+      if (act == Activation::SwiGLUOAI) make_gpt_oss(l);
       const Tensor x = test::random_tensor(DType::BF16, {37, l.hidden}, 9);
       // The heuristic's path, then the 128 x 128 kernel (wgmma where the GPU takes it, and mma.sync): its
       // epilogue maps tile rows to gate / up rows itself (halves, or gpt-oss's interleaved rows).
@@ -268,12 +272,7 @@ TEST(CudaMoeDevice, EpilogueQuantAndBf16OutputChangeNoBits) {
                                {"w_mxfp8_e4m3_a16", false, &wide, true}});
   for (const Case& cs : cases) {
     MoeLayer l = small_layer(parse_moe_scheme(cs.scheme), 17, cs.static_scales, *cs.shape);
-    if (cs.oai) {
-      l.activation = {Activation::SwiGLUOAI};
-      l.router.kind = RouterKind::TopKThenSoftmax, l.router.renormalize = false;
-      l.b13 = test::random_tensor(DType::F32, {l.num_experts, 2 * l.inter}, 4, 0.1f);
-      l.b2 = test::random_tensor(DType::F32, {l.num_experts, l.hidden}, 5, 0.1f);
-    }
+    if (cs.oai) make_gpt_oss(l);
     for (int64_t T : {int64_t(5), int64_t(300)}) {
       const Tensor x = test::random_tensor(DType::BF16, {T, cs.shape->hidden}, uint32_t(7 + T));
       for (Emulation e : {Emulation::VLLM, Emulation::Exact})
