@@ -104,74 +104,132 @@ __device__ __forceinline__ int tile_row(int mode, int mt, int r, int I) {
 // 0 plain, 1 gated halves, 2 gpt-oss interleaved (see tile_row).
 __device__ __forceinline__ int row_mode(const GemmArgs& a, bool gated) { return gated ? (a.act == 3 ? 2 : 1) : 0; }
 
-// One warp's weight stream over the K chunks kg, kg + ksplit, ... of m-tile mt of expert e. start()
-// issues the first kDepth chunks (call it before staging, so the loads overlap it); run() multiplies.
-// The kDepth chunks in registers are ~32 KB in flight per SM, too few to cover DRAM latency at full
-// bandwidth; an L2 prefetch of the codes a.l2_ahead chunks further (no registers) adds more.
+// One warp's weight stream over the K chunks kg, kg + ksplit, ... of 16-row m-tiles, kDepth chunks in
+// flight in registers (~32-64 KB per SM, too few to cover DRAM latency at full bandwidth; an L2
+// prefetch of the codes a.l2_ahead chunks further, without registers, adds more). Two ways to drive it:
+//  - per item (the fused kernel): start() issues the first kDepth chunks of one m-tile (call it before
+//    staging, so the loads overlap it); run() multiplies them all.
+//  - across items (the GEMV kernel, stream_items): a CTA works through a run of items and each warp
+//    multiplies its m-tile of each in rounds of kDepth chunks; while round r is multiplied, each slot is
+//    refilled with the next round's chunk, which after an item's last round is the first round of the
+//    next item (aim() points the loads there). So the chunks in flight cover the epilogue, restaging
+//    and barriers between items instead of restarting from DRAM latency each item.
+// The fused kernel keeps the per-item way: on the H200 the across-items code made its T = 1 layer
+// ~2.5 us slower (bench/RESULTS.md v9: it has one item per CTA there, so nothing to gain).
 template <WKind W, int kDepth>
 struct WeightStream {
   const uint8_t* rc[2];
   const uint8_t* rsc[2];
   Raw buf[kDepth][2];
   int kg, ksplit, nch, K, ahead;
-  bool ok;
+  bool ok;  // the aimed m-tile exists
 
-  __device__ __forceinline__ void start(const GemmArgs& a, int e, int mode, int mt, bool mt_ok, int kg_, int ksplit_) {
-    kg = kg_, ksplit = ksplit_, K = a.K, nch = (a.K + 127) / 128, ok = mt_ok, ahead = a.l2_ahead;
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  __device__ __forceinline__ void init(const GemmArgs& a, int kg_, int ksplit_) {
+    kg = kg_, ksplit = ksplit_, K = a.K, nch = (a.K + 127) / 128, ahead = a.l2_ahead;
+  }
+
+  // Points the loads at m-tile mt of expert e (mt_ok false: loads of zeros).
+  __device__ __forceinline__ void aim(const GemmArgs& a, int e, int mode, int mt, bool mt_ok) {
+    const int g = (threadIdx.x & 31) >> 2;
     const int64_t nbk = a.K / WT<W>::block;
+    ok = mt_ok;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t row = int64_t(e) * a.N + (mt_ok ? tile_row(mode, mt, g + 8 * h, a.N / 2) : 0);
       rc[h] = a.codes + row * a.row_bytes;
       rsc[h] = a.scales + row * nbk;
     }
+  }
+
+  // Chunk c of the aimed m-tile into slot d (nothing past the end); prefetch: with the L2 prefetch
+  // a.l2_ahead chunks further.
+  template <bool kPrefetch>
+  __device__ __forceinline__ void load(int d, int c) {
+    const int t = threadIdx.x & 3;
+    const int64_t k0 = int64_t(c) * 128 + 32 * t;
 #pragma unroll
-    for (int d = 0; d < kDepth; ++d) {
-      const int c = kg + d * ksplit;
-      const int64_t k0 = int64_t(c) * 128 + 32 * t;
+    for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], k0, ok && c < nch && k0 < K, buf[d][h]);
+    const int cp = c + ahead * ksplit;  // the 64 code bytes of chunk cp of rows g, g + 8
+    if (kPrefetch && ahead > 0 && t == 0 && ok && cp < nch)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], k0, ok && c < nch && k0 < K, buf[d][h]);
+      for (int h = 0; h < 2; ++h) asm volatile("prefetch.global.L2 [%0];" ::"l"(rc[h] + int64_t(cp) * 64));
+  }
+
+  // This lane's part of chunk c lies inside K. mma.sync is warp-wide: lanes past K (last chunk when
+  // K % 128 != 0) multiply zeros.
+  __device__ __forceinline__ bool in_k(int c) const { return int64_t(c) * 128 + 32 * (threadIdx.x & 3) < K; }
+
+  // The products of chunk c: decoded weights aw times the staged activations at brow (zeros where !kv),
+  // the even k16 steps into acc0 and the odd ones into acc1 (the same array: one chain).
+  __device__ __forceinline__ void products(const uint32_t (&aw)[2][16], const uint8_t* brow, int c, bool kv,
+                                           float acc0[4], float acc1[4]) const {
+    uint32_t bw[16];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const uint4 v = kv ? *reinterpret_cast<const uint4*>(brow + c * 256 + q * 64) : make_uint4(0, 0, 0, 0);
+      bw[4 * q] = v.x, bw[4 * q + 1] = v.y, bw[4 * q + 2] = v.z, bw[4 * q + 3] = v.w;
     }
+#pragma unroll
+    for (int s = 0; s < 8; ++s)
+      mma_bf16((s & 1) ? acc1 : acc0, aw[0][2 * s], aw[1][2 * s], aw[0][2 * s + 1], aw[1][2 * s + 1], bw[2 * s],
+               bw[2 * s + 1]);
+  }
+
+  // ---- per item ----
+  __device__ __forceinline__ void start(const GemmArgs& a, int e, int mode, int mt, bool mt_ok, int kg_, int ksplit_) {
+    init(a, kg_, ksplit_);
+    aim(a, e, mode, mt, mt_ok);
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) load<false>(d, kg + d * ksplit);
   }
 
   // brow: this lane's token row in the staged activations (frag order) + 16 * (lane % 4).
   __device__ __forceinline__ void run(const uint4* lut, const uint8_t* brow, float acc[4]) {
-    const int t = threadIdx.x & 3;
     for (int c0 = kg; c0 < nch; c0 += kDepth * ksplit) {
 #pragma unroll
       for (int d = 0; d < kDepth; ++d) {
         const int c = c0 + d * ksplit;
         if (c < nch) {
-          const bool kv = int64_t(c) * 128 + 32 * t < K;
+          const bool kv = in_k(c);
           uint32_t aw[2][16];
           decode_raw<W>(buf[d][0], lut, aw[0]);
           decode_raw<W>(buf[d][1], lut, aw[1]);
-          const int cn = c + kDepth * ksplit;
-          const int64_t kn = int64_t(cn) * 128 + 32 * t;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], kn, ok && cn < nch && kn < K, buf[d][h]);
-          const int cp = cn + ahead * ksplit;  // the 64 code bytes of chunk cp of rows g, g + 8
-          if (ahead > 0 && t == 0 && ok && cp < nch)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) asm volatile("prefetch.global.L2 [%0];" ::"l"(rc[h] + int64_t(cp) * 64));
-          // mma.sync is warp-wide: lanes past K (last chunk when K % 128 != 0) multiply zeros.
-          uint32_t bw[16];
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const uint4 v = kv ? *reinterpret_cast<const uint4*>(brow + c * 256 + q * 64) : make_uint4(0, 0, 0, 0);
-            bw[4 * q] = v.x, bw[4 * q + 1] = v.y, bw[4 * q + 2] = v.z, bw[4 * q + 3] = v.w;
-          }
-#pragma unroll
-          for (int s = 0; s < 8; ++s)
-            mma_bf16(acc, aw[0][2 * s], aw[1][2 * s], aw[0][2 * s + 1], aw[1][2 * s + 1], bw[2 * s], bw[2 * s + 1]);
+          load<true>(d, c + kDepth * ksplit);
+          products(aw, brow, c, kv, acc, acc);
         }
+      }
+    }
+  }
+
+  // ---- across items ----
+  // Rounds of one item: every warp of the CTA makes the same number (the K groups' chunk counts differ
+  // by one where ksplit does not divide the chunks; the missing slots are skipped).
+  __device__ __forceinline__ int rounds() const { return ((nch + ksplit - 1) / ksplit + kDepth - 1) / kDepth; }
+  // Chunk of slot d in round r (round rounds(): past the end).
+  __device__ __forceinline__ int chunk(int r, int d) const { return kg + (r * kDepth + d) * ksplit; }
+
+  // Multiplies round r (in the slots) and refills each slot with round rn of the aimed m-tile. Two
+  // accumulator sets (the even and the odd k16 steps, added at the item's end) halve the chain of
+  // dependent mma.sync.
+  __device__ __forceinline__ void mma_round(const uint4* lut, const uint8_t* brow, int r, int rn, float acc[2][4]) {
+#pragma unroll
+    for (int d = 0; d < kDepth; ++d) {
+      const int c = chunk(r, d);
+      if (c < nch) {  // warp-uniform
+        const bool kv = in_k(c);
+        uint32_t aw[2][16];
+        decode_raw<W>(buf[d][0], lut, aw[0]);
+        decode_raw<W>(buf[d][1], lut, aw[1]);
+        load<true>(d, chunk(rn, d));
+        products(aw, brow, c, kv, acc[0], acc[1]);
+      } else {
+        load<true>(d, chunk(rn, d));
       }
     }
   }
 };
 
-// Adds the K groups' partial sums through shared memory `red` (kWarps * 32 float4) in group order
+// Adds the K groups' partial sums through shared memory `red` (one float4 per thread) in group order
 // (deterministic). Warps w and w + mpc * q share an m-tile. Returns false for the warps that are done.
 // Every thread of the CTA must call it (it synchronizes).
 __device__ __forceinline__ bool reduce_ksplit(float4* red, int ksplit, int mpc, float acc[4]) {
@@ -228,6 +286,62 @@ __device__ __forceinline__ void store_mtile(const GemmArgs& a, int e, float alph
       store_y(a, (p0 + tok) * a.ldy + r0, finish_acc(a, e, alpha, acc[j], r0));
       store_y(a, (p0 + tok) * a.ldy + r1, finish_acc(a, e, alpha, acc[2 + j], r1));
     }
+  }
+}
+
+// Shared memory of stream_items' K-split sums: two buffers of one float4 per thread, so that an item's
+// writes never meet the previous item's reads (a barrier lies between them).
+__host__ __device__ constexpr int red_bytes(int threads) { return 2 * threads * 16; }
+
+// A CTA's run of items [first, last) of one grouped GEMM: item i is m-tile group i % groups (mpc =
+// kWarps / ksplit m-tiles, one per warp, with ksplit warps each) of tile i / groups. `items` gives
+//   int4 tile(int ti)  {expert, first row, rows (at most kTok), -}
+//   void stage(int ti, int e, int p0, int n)  the tile's n rows into `act` (frag order, row stride rs);
+//                                              called by every thread
+//   float alpha(int e)  the accumulator factor of expert e
+// The scale tables are built when the expert needs other ones (NVFP4 vllm: per expert), the rows are
+// restaged when the tile changes; each warp's weight stream runs on across items (WeightStream). Every
+// thread of the CTA calls it (it synchronizes); first < last.
+template <WKind W, bool GATED, int kDepth, class Items>
+__device__ __forceinline__ void stream_items(const GemmArgs& g, const Items& items, int groups, int ksplit, int first,
+                                             int last, uint4* lut, uint8_t* act, int rs, float4* red) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, t = lane & 3;
+  const int mpc = int(blockDim.x >> 5) / ksplit, M16 = g.N / 16, mode = row_mode(g, GATED);
+  const bool lut_per_expert = W == WKind::NVFP4 && g.vllm;
+  auto mtile = [&](int item) { return (item % groups) * mpc + warp % mpc; };
+  WeightStream<W, kDepth> ws;
+  ws.init(g, warp / mpc, ksplit);
+  const int rounds = ws.rounds();
+  ws.aim(g, items.tile(first / groups).x, mode, mtile(first), mtile(first) < M16);
+#pragma unroll
+  for (int d = 0; d < kDepth; ++d) ws.template load<true>(d, ws.chunk(0, d));
+  int staged = -1, lut_e = -1;
+  for (int item = first; item < last; ++item) {
+    const int ti = item / groups, mt = mtile(item);
+    const int4 td = items.tile(ti);
+    const int e = td.x, p0 = td.y, n = td.z;
+    if (ti != staged) {
+      if (staged >= 0) __syncthreads();  // every warp is done with the previous rows and tables
+      if (lut_e < 0 || (lut_per_expert && e != lut_e)) build_luts<W>(lut, g, e), lut_e = e;
+      items.stage(ti, e, p0, n);
+      __syncthreads();
+      staged = ti;
+    }
+    const uint8_t* brow = act + (g8 < n ? g8 : 0) * rs + t * 16;  // rows >= n: any valid data (discarded)
+    float part[2][4] = {};
+    for (int r = 0; r < rounds; ++r) {
+      int rn = r + 1;
+      if (rn == rounds && item + 1 < last) {  // refill with the next item's first round
+        rn = 0;
+        ws.aim(g, items.tile((item + 1) / groups).x, mode, mtile(item + 1), mtile(item + 1) < M16);
+      }
+      ws.mma_round(lut, brow, r, rn, part);
+    }
+    float acc[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[i] = part[0][i] + part[1][i];
+    const bool lead = ksplit == 1 || reduce_ksplit(red + (item & 1) * blockDim.x, ksplit, mpc, acc);
+    if (lead && mt < M16) store_mtile<GATED>(g, e, items.alpha(e), mode, mt, acc, n, p0);
   }
 }
 

@@ -5,10 +5,14 @@
 // bandwidth instead of reuse (the per-warp pieces are in sm90_fp4_gemv.cuh):
 //  - CTA = 4 warps; each warp owns one m-tile of 16 weight rows (KSPLIT = 1) or the warps split the K
 //    chunks of one or two m-tiles (KSPLIT = 4 / 2, partial sums added in a fixed order through shared
-//    memory: deterministic); grid = (tiles, m-tile groups), so all SMs stream weights even at T = 1.
+//    memory: deterministic). Items = (tile, group of m-tiles); a persistent grid (all CTAs resident),
+//    each CTA a contiguous run of items, so all SMs stream weights even at T = 1 and the streams do
+//    not restart per item (stream_items in sm90_fp4_gemv.cuh).
 //  - The weight stream is issued before the scale tables are built and the tile's activations staged.
 //  - Epilogue from the accumulators: alpha, bias, vllm bf16 rounding, and for GEMM1 the gated
 //    activation (the m-tile's rows g / g+8 are the gate / up rows of one output column), amax atomics.
+#include <algorithm>
+
 #include "moe/cuda/sm90_fp4_gemv.cuh"
 
 namespace mxmoe::moe::cuda {
@@ -17,51 +21,51 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 
+// The tiles of the GEMV's tile list, their bf16 rows copied into shared memory as they are.
+struct TileItems {
+  const GemmArgs& a;
+  uint8_t* act;
+  int rs;
+  __device__ int4 tile(int ti) const { return a.tiles[ti]; }
+  __device__ float alpha(int e) const { return cc::mul_rn(gemm::act_alpha(a, e), a.w_alpha[e]); }
+  __device__ void stage(int, int, int p0, int n) const {
+    const int units = a.K / 8;
+    for (int i = threadIdx.x; i < n * units; i += blockDim.x) {
+      const int j = i / units, k = (i - j * units) * 8;
+      const int64_t row = a.b_row ? a.b_row[p0 + j] : p0 + j;
+      *reinterpret_cast<uint4*>(act + frag_offset(j, k, rs)) = __ldg(reinterpret_cast<const uint4*>(a.b16 + row * a.ldb + k));
+    }
+  }
+};
+
+// Persistent: the grid is what fits on the GPU at once, and CTA b takes the b-th contiguous run of the
+// items (tile, m-tile group), mostly of one tile, so its warps' weight streams run on across them.
+// Four CTAs (16 warps) per SM at depth 4: 128 registers, no spills (depth 8, for experiments: two).
 template <WKind W, bool GATED, int kDepth>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, int ksplit, int rs_bytes) {
+__global__ void __launch_bounds__(kThreads, kDepth == 4 ? 4 : 2) gemv_kernel(const GemmArgs a, int ksplit, int rs_bytes) {
   extern __shared__ __align__(16) uint8_t smem[];
-  uint4* lut = reinterpret_cast<uint4*>(smem);
-  uint8_t* act = smem + kLutBytes;
-  const int tile = blockIdx.x;
-  if (tile >= *a.num_tiles) return;
-  const int4 td = a.tiles[tile];
-  const int e = td.x, p0 = td.y, n = td.z;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int mpc = kWarps / ksplit;  // m-tiles per CTA
-  const int mt = blockIdx.y * mpc + warp % mpc, kg = warp / mpc;
-  const bool mt_ok = mt < a.N / 16;
-  const int mode = row_mode(a, GATED);
-
-  WeightStream<W, kDepth> ws;
-  ws.start(a, e, mode, mt, mt_ok, kg, ksplit);
-  build_luts<W>(lut, a, e);
-  const int units = a.K / 8;
-  for (int i = threadIdx.x; i < n * units; i += kThreads) {
-    const int j = i / units, k = (i - j * units) * 8;
-    const int64_t row = a.b_row ? a.b_row[p0 + j] : p0 + j;
-    *reinterpret_cast<uint4*>(act + frag_offset(j, k, rs_bytes)) =
-        __ldg(reinterpret_cast<const uint4*>(a.b16 + row * a.ldb + k));
-  }
-  __syncthreads();
-
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  ws.run(lut, act + (g < n ? g : 0) * rs_bytes + t * 16, acc);  // rows >= n: any valid data (discarded)
-  if (ksplit > 1) {
-    __syncthreads();  // everyone is done reading the activations
-    if (!reduce_ksplit(reinterpret_cast<float4*>(act), ksplit, mpc, acc)) return;
-  }
-  if (!mt_ok) return;
-  const float alpha = cc::mul_rn(gemm::act_alpha(a, e), a.w_alpha[e]);
-  store_mtile<GATED>(a, e, alpha, mode, mt, acc, n, p0);
+  const int groups = (a.N / 16 + kWarps / ksplit - 1) / (kWarps / ksplit);
+  const int total = *a.num_tiles * groups, per = (total + gridDim.x - 1) / gridDim.x;
+  const int first = blockIdx.x * per, last = min(total, first + per);
+  if (first >= last) return;
+  uint8_t* act = smem + kLutBytes + red_bytes(kThreads);
+  stream_items<W, GATED, kDepth>(a, TileItems{a, act, rs_bytes}, groups, ksplit, first, last, reinterpret_cast<uint4*>(smem),
+                                 act, rs_bytes, reinterpret_cast<float4*>(smem + kLutBytes));
 }
 
 template <WKind W, bool GATED, int kDepth>
 cudaError_t launch(const GemmArgs& a, int ksplit, cudaStream_t s) {
   const int mpc = kWarps / ksplit;
-  const dim3 grid(unsigned(a.max_tiles), unsigned((a.N / 16 + mpc - 1) / mpc));
   const int smem = gemv_smem_bytes(a.K);
-  const cudaError_t err = ensure_smem<gemv_kernel<W, GATED, kDepth>>(smem);
+  cudaError_t err = ensure_smem<gemv_kernel<W, GATED, kDepth>>(smem);
+  int dev = 0, sms = 0, per_sm = 0;
+  if (err == cudaSuccess) err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err == cudaSuccess)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kernel<W, GATED, kDepth>, kThreads, size_t(smem));
   if (err != cudaSuccess) return err;
+  const int64_t items = int64_t(a.max_tiles) * ((a.N / 16 + mpc - 1) / mpc);
+  const int grid = int(std::min<int64_t>(items, int64_t(sms) * std::max(per_sm, 1)));
   gemv_kernel<W, GATED, kDepth><<<grid, kThreads, size_t(smem), s>>>(a, ksplit, gemv_row_stride(a.K));
   return cudaGetLastError();
 }
@@ -76,7 +80,7 @@ cudaError_t launch(const GemmArgs& a, int ksplit, int depth, cudaStream_t s) {
 }  // namespace gemv
 
 int gemv_row_stride(int64_t K) { return gemv::row_stride(K); }
-int gemv_smem_bytes(int64_t K) { return gemv::kLutBytes + gemv::kTok * gemv_row_stride(K); }
+int gemv_smem_bytes(int64_t K) { return gemv::kLutBytes + gemv::red_bytes(gemv::kThreads) + gemv::kTok * gemv_row_stride(K); }
 
 cudaError_t grouped_gemv(const GemmArgs& a, int ksplit, int depth, cudaStream_t s) {
   if (a.max_tiles == 0) return cudaSuccess;
