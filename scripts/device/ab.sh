@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A/B of code variants in one device call: builds the tree (sm_90a), then for each variant copies its
+# files over the tree, rebuilds bench_moe_cuda (only what changed) and runs the same benchmark, so the
+# variants meet the same GPU, clocks and process order. Prints one block per variant.
+#
+# A variant is a folder ab/<name>/ holding replacement files at their repository paths (for example
+# ab/quarter/src/moe/cuda/sm90_fp4_gemv.cuh, taken with `git show branch:path`); leave ab/ untracked
+# (it travels to the device; do not commit it). "base" is the tree as it is. name@VAR=value runs a
+# variant with an environment variable set (no rebuild if only that differs).
+#   run: VARIANTS="base quarter quarter@MXMOE_CUDA_GEMV_DEPTH=3 base" \
+#        BENCH_ARGS="--schemes w_nvfp4_a_nvfp4 --tokens 1,8,64 --modes vllm" bash scripts/device/ab.sh
+#        (carry: [".devdeps"]); SASS='pattern ...' also keeps the SASS of matching kernels per variant
+#        in $OUT/<name>.sass (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files).
+set -uo pipefail
+source "$(dirname "$0")/build_env.sh" build-ab.log
+B=$BUILD/bench_moe_cuda
+BASE=/tmp/mxmoe-ab-base
+rm -rf "$BASE" && mkdir -p "$BASE"
+# Every path any variant replaces, saved once so each variant starts from the tree as it was.
+if [ -d ab ]; then
+  (cd ab && find . -mindepth 2 -type f | cut -d/ -f3- | sort -u) | while read -r f; do
+    [ -f "$f" ] && mkdir -p "$BASE/$(dirname "$f")" && cp "$f" "$BASE/$f"
+  done
+fi
+for spec in ${VARIANTS:-base}; do
+  name=${spec%%@*}
+  envset=""; [ "$spec" != "$name" ] && envset=${spec#*@}
+  (cd "$BASE" && find . -type f) | while read -r f; do cp "$BASE/$f" "$f"; done
+  if [ "$name" != base ]; then
+    [ -d "ab/$name" ] || { echo "=== $spec: no folder ab/$name"; continue; }
+    cp -r "ab/$name/." .
+  fi
+  if ! (cd "$BUILD" && ninja bench_moe_cuda > "$OUT/build-$name.log" 2>&1); then
+    echo "=== $spec: build failed"; tail -20 "$OUT/build-$name.log"; continue
+  fi
+  if [ -n "${SASS:-}" ]; then
+    cuobjdump -sass "$B" | awk -v pats="$SASS" 'BEGIN{n = split(pats, P, " ")}
+      /Function :/{p = 0; for (i = 1; i <= n; ++i) if (index($0, P[i]) > 0) p = 1} p' > "$OUT/$name.sass"
+  fi
+  echo "=== $spec"
+  env $envset "$B" ${BENCH_ARGS:-} 2>&1 | grep -v "^shape" | tail -40
+done
+(cd "$BASE" && find . -type f) | while read -r f; do cp "$BASE/$f" "$f"; done
