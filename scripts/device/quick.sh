@@ -3,6 +3,7 @@
 # then bench_moe_cuda with BENCH_ARGS, and optionally the per-kernel times of profile.sh (PROFILE=1).
 # Logs in $OUT; the test summary and the bench table are printed last.
 #   run: FILTER='*Router*' BENCH_ARGS='--tokens 64,4096' bash scripts/device/quick.sh   (carry: [".devdeps"])
+#   (parameterized suites are named Prefix/Suite.Test: 'CudaMoe*' misses them, '*CudaMoe*' does not)
 set -uo pipefail
 source "$(dirname "$0")/build_env.sh" build-quick.log
 rc=0
