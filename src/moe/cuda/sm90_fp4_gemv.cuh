@@ -105,8 +105,9 @@ __device__ __forceinline__ int tile_row(int mode, int mt, int r, int I) {
 __device__ __forceinline__ int row_mode(const GemmArgs& a, bool gated) { return gated ? (a.act == 3 ? 2 : 1) : 0; }
 
 // One warp's weight stream over the K chunks kg, kg + ksplit, ... of 16-row m-tiles, kDepth chunks in
-// flight in registers (~32-64 KB per SM, too few to cover DRAM latency at full bandwidth; an L2
-// prefetch of the codes a.l2_ahead chunks further, without registers, adds more). Two ways to drive it:
+// flight in registers (~37 KB per SM in the fused kernel's 8 warps, ~74 KB in the GEMV's 16); an L2
+// prefetch of the codes a.l2_ahead chunks further adds more without registers (measured worth ~1 us at
+// T = 1, bench/RESULTS.md v6). Two ways to drive it:
 //  - per item (the fused kernel): start() issues the first kDepth chunks of one m-tile (call it before
 //    staging, so the loads overlap it); run() multiplies them all.
 //  - across items (the GEMV kernel, stream_items): a CTA works through a run of items and each warp
