@@ -218,11 +218,23 @@ struct WeightStream {
       const int c = chunk(r, d);
       if (c < nch) {  // warp-uniform
         const bool kv = in_k(c);
-        uint32_t aw[2][16];
-        decode_raw<W>(buf[d][0], lut, aw[0]);
-        decode_raw<W>(buf[d][1], lut, aw[1]);
+        // The slot's raw data and tables are taken first, so the refill can be issued at once; then each
+        // quarter (8 codes of both rows) is decoded right before its two k16 steps: 8 live weight words
+        // instead of 32 (registers for a fifth CTA per SM).
+        const Raw r0 = buf[d][0], r1 = buf[d][1];
         load<true>(d, chunk(rn, d));
-        products(aw, brow, c, kv, acc[0], acc[1]);
+        const uint32_t w0[4] = {r0.c.x, r0.c.y, r0.c.z, r0.c.w}, w1[4] = {r1.c.x, r1.c.y, r1.c.z, r1.c.w};
+        uint4 L0 = lut[r0.s & 0xffu], L1 = lut[r1.s & 0xffu];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          if (W == WKind::NVFP4 && q == 2) L0 = lut[(r0.s >> 8) & 0xffu], L1 = lut[(r1.s >> 8) & 0xffu];
+          uint32_t a0[4], a1[4];
+          decode8(w0[q], L0, a0);
+          decode8(w1[q], L1, a1);
+          const uint4 v = kv ? *reinterpret_cast<const uint4*>(brow + c * 256 + q * 64) : make_uint4(0, 0, 0, 0);
+          mma_bf16(acc[0], a0[0], a1[0], a0[1], a1[1], v.x, v.y);
+          mma_bf16(acc[1], a0[2], a1[2], a0[3], a1[3], v.z, v.w);
+        }
       } else {
         load<true>(d, chunk(rn, d));
       }

@@ -58,14 +58,22 @@ cudaError_t launch(const GemmArgs& a, int ksplit, cudaStream_t s) {
   const int mpc = kWarps / ksplit;
   const int smem = gemv_smem_bytes(a.K);
   cudaError_t err = ensure_smem<gemv_kernel<W, GATED, kDepth>>(smem);
-  int dev = 0, sms = 0, per_sm = 0;
+  int dev = 0;
   if (err == cudaSuccess) err = cudaGetDevice(&dev);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (err == cudaSuccess)
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kernel<W, GATED, kDepth>, kThreads, size_t(smem));
   if (err != cudaSuccess) return err;
+  // The occupancy query costs host microseconds per GEMM in eager mode: kept per thread for the last
+  // (device, shared-memory size) this instantiation saw.
+  thread_local struct { int dev = -1, smem = -1, ctas = 0; } fit;
+  if (fit.dev != dev || fit.smem != smem) {
+    int sms = 0, per_sm = 0;
+    err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (err == cudaSuccess)
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kernel<W, GATED, kDepth>, kThreads, size_t(smem));
+    if (err != cudaSuccess) return err;
+    fit.dev = dev, fit.smem = smem, fit.ctas = sms * std::max(per_sm, 1);
+  }
   const int64_t items = int64_t(a.max_tiles) * ((a.N / 16 + mpc - 1) / mpc);
-  const int grid = int(std::min<int64_t>(items, int64_t(sms) * std::max(per_sm, 1)));
+  const int grid = int(std::min<int64_t>(items, fit.ctas));
   gemv_kernel<W, GATED, kDepth><<<grid, kThreads, size_t(smem), s>>>(a, ksplit, gemv_row_stride(a.K));
   return cudaGetLastError();
 }
