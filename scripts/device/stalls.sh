@@ -2,6 +2,8 @@
 # Why a kernel waits: ncu's per-reason stall ratios (warps stalled per issued instruction) and its
 # source counters (the SASS lines with the most stall samples) for the first launch matching KERNEL
 # (regex) at T tokens, plus the SASS of that kernel. Logs in $OUT; the stall table is printed last.
+# SOURCE_PAGE=1 also writes ncu's source page (stall samples per SASS instruction, CSV, gzipped) to
+# $OUT/stalls-sass.csv.gz, for finding where a reason (say no_instruction) concentrates.
 #   run: KERNEL='tile128_kernel<0, true, true>' T=4096 bash scripts/device/stalls.sh   (carry: [".devdeps"])
 set -uo pipefail
 source "$(dirname "$0")/build_env.sh" build-stalls.log
@@ -12,6 +14,10 @@ timeout 300 ncu --clock-control none --graph-profiling node -k "regex:$K" --laun
   "${B[@]}" > "$OUT/stalls-raw.txt" 2>&1
 timeout 300 ncu --clock-control none --graph-profiling node -k "regex:$K" --launch-count 1 --section SourceCounters \
   "${B[@]}" > "$OUT/stalls-source.txt" 2>&1
+if [ "${SOURCE_PAGE:-0}" = 1 ]; then
+  timeout 300 ncu --clock-control none --graph-profiling node -k "regex:$K" --launch-count 1 --section SourceCounters \
+    --section WarpStateStats --page source --print-source sass --csv "${B[@]}" 2> "$OUT/stalls-sass.err" | gzip > "$OUT/stalls-sass.csv.gz"
+fi
 cuobjdump -sass "$BUILD/bench_moe_cuda" 2>/dev/null | awk -v k="${SASS_FN:-tile128_kernelILNS1_5WKindE0ELb1ELb1E}" \
   '/Function :/{p = index($0, k) > 0} p' > "$OUT/kernel.sass"
 echo "== SASS lines $(wc -l < "$OUT/kernel.sass")"; grep -cE "HGMMA" "$OUT/kernel.sass"
