@@ -138,17 +138,22 @@ __device__ void route_tokens(const FusedArgs& a, const Routing& R) {
   if (lane == 0) R.misc[8] = all, reinterpret_cast<int*>(R.misc)[9] = __popc(lead_mask);
 }
 
-// One GEMM stage over the items {active expert, group of 8 / ksplit m-tiles}. GEMM1: src = x (bf16),
-// rows = tokens; GEMM2: src = a2 (float32), rows = grouped rows.
-template <WKind W, bool GATED>
-__device__ void gemm_stage(const FusedArgs& a, const GemmArgs& g, const Routing& R, const ActScale& sc, int alpha_kind,
-                           int ksplit, uint8_t* smem, const Layout& L) {
+// One GEMM stage over the items {active expert, group of 8 / ksplit m-tiles}. GEMM1 (gated): src = x
+// (bf16), rows = tokens; GEMM2: src = a2 (float32), rows = grouped rows. The stage is a runtime
+// argument so that both stages run one copy of the code (see fused_kernel).
+template <WKind W>
+__device__ void gemm_stage(const FusedArgs& a, bool gated, const Routing& R, uint8_t* smem, const Layout& L) {
+  const GemmArgs g = gated ? a.g1 : a.g2;
+  ActScale sc = gated ? a.sc1 : a.g2.a_sc;
+  if (gated && a.sc1_dyn == 1) sc.amax_all = R.misc + 8;
+  if (gated && a.sc1_dyn == 2) sc.amax_e = R.amax_e;
+  const int alpha_kind = g.a_alpha_kind, ksplit = gated ? a.ksplit1 : a.ksplit2;
   uint4* lut = reinterpret_cast<uint4*>(smem + L.lut);
   uint8_t* act = smem + L.act;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, t = lane & 3;
   const int mpc = kWarps / ksplit, M16 = g.N / 16, groups = (M16 + mpc - 1) / mpc;
   const int n_act = reinterpret_cast<const int*>(R.misc)[9];
-  const int mode = row_mode(g, GATED), rs = row_stride(g.K);
+  const int mode = row_mode(g, gated), rs = row_stride(g.K);
   const bool lut_per_expert = W == WKind::NVFP4 && g.vllm;
   int staged = -1;
   // CTA c takes a contiguous run of items, mostly of one expert: fewer restagings than a strided order
@@ -164,7 +169,7 @@ __device__ void gemm_stage(const FusedArgs& a, const GemmArgs& g, const Routing&
     ws.start(g, e, mode, mt, mt_ok, kg, ksplit);
     if (e != staged) {
       if (staged < 0 || lut_per_expert) build_luts<W>(lut, g, e);
-      if (GATED) stage_rows(a.r.x, true, a.r.H, R.row_tok + p0, 0, n, g.K, e, sc, a, act, rs);
+      if (gated) stage_rows(a.r.x, true, a.r.H, R.row_tok + p0, 0, n, g.K, e, sc, a, act, rs);
       else stage_rows(a.g1.y, false, a.g1.ldy, nullptr, p0, n, g.K, e, sc, a, act, rs);
       staged = e;
     }
@@ -175,7 +180,8 @@ __device__ void gemm_stage(const FusedArgs& a, const GemmArgs& g, const Routing&
     if (ksplit > 1) lead = reduce_ksplit(reinterpret_cast<float4*>(smem + L.red), ksplit, mpc, acc);
     if (lead && mt_ok) {
       const float alpha = cc::mul_rn(gemm::act_alpha(alpha_kind, sc, e), g.w_alpha[e]);
-      store_mtile<GATED>(g, e, alpha, mode, mt, acc, n, p0);
+      if (gated) store_mtile<true>(g, e, alpha, mode, mt, acc, n, p0);
+      else store_mtile<false>(g, e, alpha, mode, mt, acc, n, p0);
     }
     __syncthreads();  // the next item restages the shared rows
   }
@@ -222,19 +228,16 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
   route_tokens<NPL>(a, R);
   __syncthreads();
   mark(3);
-  ActScale sc1 = a.sc1;
-  if (a.sc1_dyn == 1) sc1.amax_all = R.misc + 8;
-  if (a.sc1_dyn == 2) sc1.amax_e = R.amax_e;
-  gemm_stage<W, true>(a, a.g1, R, sc1, a.g1.a_alpha_kind, a.ksplit1, smem, L);
-  mark(4);
-  grid.sync();
-  mark(5);
-
-  // C: GEMM2.
-  gemm_stage<W, false>(a, a.g2, R, a.g2.a_sc, a.g2.a_alpha_kind, a.ksplit2, smem, L);
-  mark(6);
-  grid.sync();
-  mark(7);
+  // GEMM1, then (C) GEMM2: one loop, so GEMM2 runs the instructions GEMM1 has just fetched. At T = 1 each
+  // stage's stream code runs only a few times per warp, and ncu put a quarter of the kernel's stall
+  // samples on instruction fetch, most in the copy GEMM2 had of its own (bench/RESULTS.md v10).
+#pragma unroll 1
+  for (int s = 0; s < 2; ++s) {
+    gemm_stage<W>(a, s == 0, R, smem, L);
+    mark(4 + 2 * s);
+    grid.sync();
+    mark(5 + 2 * s);
+  }
 
   // D: finalize.
   FinalizeArgs f;
