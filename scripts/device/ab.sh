@@ -10,7 +10,9 @@
 #   run: VARIANTS="base quarter quarter@MXMOE_CUDA_GEMV_DEPTH=3 base" \
 #        BENCH_ARGS="--schemes w_nvfp4_a_nvfp4 --tokens 1,8,64 --modes vllm" bash scripts/device/ab.sh
 #        (carry: [".devdeps"]); SASS='pattern ...' also keeps the SASS of matching kernels per variant
-#        in $OUT/<name>.sass (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files).
+#        in $OUT/<name>.sass (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files);
+#        TEST_FILTER='*Fused*:...' also runs those device tests on every variant but base (MXMOE_TEST_QUICK=1,
+#        under compute-sanitizer memcheck with MEMCHECK=1), so a variant that wins can land tested.
 set -uo pipefail
 source "$(dirname "$0")/build_env.sh" build-ab.log
 B=$BUILD/bench_moe_cuda
@@ -39,5 +41,18 @@ for spec in ${VARIANTS:-base}; do
   fi
   echo "=== $spec"
   env $envset "$B" ${BENCH_ARGS:-} 2>&1 | grep -v "^shape" | tail -40
+  if [ -n "${TEST_FILTER:-}" ] && [ "$name" != base ]; then
+    T=$BUILD/mxmoe_cuda_tests
+    if ! (cd "$BUILD" && ninja mxmoe_cuda_tests >> "$OUT/build-$name.log" 2>&1); then
+      echo "tests: build failed"; tail -20 "$OUT/build-$name.log"; continue
+    fi
+    run_tests() { env $envset MXMOE_TEST_QUICK=1 "$@" "$T" --gtest_filter="$TEST_FILTER" --gtest_brief=1 2>&1; }
+    run_tests > "$OUT/test-$name.log"; echo "tests: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/test-$name.log" | tr '\n' ' ')"
+    grep -E "Failure|FAILED" "$OUT/test-$name.log" | head -10
+    if [ "${MEMCHECK:-0}" = 1 ]; then
+      run_tests compute-sanitizer --tool memcheck > "$OUT/memcheck-$name.log"
+      echo "memcheck: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck-$name.log" | tail -1)"
+    fi
+  fi
 done
 (cd "$BASE" && find . -type f) | while read -r f; do cp "$BASE/$f" "$f"; done
