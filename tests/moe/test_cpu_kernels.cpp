@@ -395,27 +395,47 @@ TEST(CpuKernels, Bf16PackRejectsValuesTheDotKernelCannotTakeExactly) {
   EXPECT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), 1, K, ap.data()));
 }
 
+// NaN scale codes (UE4M3 0x7f and 0xff, UE8M0 0xff) give NaN rows, rows 1 and 37 here, and leave
+// every other row exactly as the same call on NaN-free scales gives it.
 TEST(CpuKernels, Fp4GemvNaNScalePropagates) {
   std::mt19937 g(4);
-  const int64_t K = 256, N = 4;
+  const int64_t K = 256, N = 40;
   auto codes = random_bytes(size_t(N * K / 2), g);
-  for (auto [block, enc, nan_code] : {std::tuple{16, Encoding::UE4M3, uint8_t(0x7f)}, {32, Encoding::UE8M0, uint8_t(0xff)}}) {
-    std::vector<uint8_t> scales(size_t(N * K / block), enc == Encoding::UE8M0 ? 127 : 0x38);
-    scales[size_t(K / block + 3)] = nan_code;  // row 1, block 3
+  for (auto [block, enc, nan_code] : {std::tuple{16, Encoding::UE4M3, uint8_t(0x7f)}, {16, Encoding::UE4M3, uint8_t(0xff)},
+                                      {32, Encoding::UE8M0, uint8_t(0xff)}}) {
+    const int64_t nb = K / block;
+    std::vector<uint8_t> clean(size_t(N * nb));
+    for (auto& c : clean) c = enc == Encoding::UE8M0 ? uint8_t(120 + g() % 14) : uint8_t(0x30 + g() % 0x10);
+    auto scales = clean;
+    scales[size_t(1 * nb + 3)] = nan_code;
+    scales[size_t(37 * nb + nb - 1)] = nan_code;
     const moe::cpu::Fp4Weight w{codes.data(), scales.data(), K, block, enc, 0.0f};
-    std::vector<float> a(static_cast<size_t>(K), 1.0f), ap(size_t(moe::cpu::fp4_act_stride(K))), y(size_t(N), 0.0f);
+    const moe::cpu::Fp4Weight wc{codes.data(), clean.data(), K, block, enc, 0.0f};
+    std::normal_distribution<float> nd;
+    std::vector<float> a(static_cast<size_t>(K)), ap(size_t(moe::cpu::fp4_act_stride(K)));
+    for (auto& v : a) v = bf16_to_f32(f32_to_bf16(nd(g)));
     moe::cpu::fp4_pack_activations(a.data(), 1, K, ap.data());
     std::vector<uint16_t> ap16(ap.size());
     ASSERT_TRUE(moe::cpu::fp4_pack_activations_bf16(a.data(), 1, K, ap16.data()));
-    for (bool simd : {true, false}) {
-      moe::cpu::fp4_gemv(w, 0, N, ap.data(), 1, 1.0f, nullptr, y.data(), N, simd);
-      EXPECT_TRUE(std::isnan(y[1])) << simd;
-      EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[2]) && std::isfinite(y[3])) << simd;
-      std::fill(y.begin(), y.end(), 0.0f);
-      moe::cpu::fp4_gemv_bf16(w, 0, N, ap16.data(), 1, 1.0f, nullptr, y.data(), N, simd);
-      EXPECT_TRUE(std::isnan(y[1])) << "bf16 " << simd;
-      EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[2]) && std::isfinite(y[3])) << "bf16 " << simd;
-    }
+    for (bool simd : {true, false})
+      for (bool dot : {false, true}) {
+        std::vector<float> y(size_t(N), 0.0f), yc(size_t(N), 0.0f);
+        if (dot) {
+          moe::cpu::fp4_gemv_bf16(w, 0, N, ap16.data(), 1, 1.0f, nullptr, y.data(), N, simd);
+          moe::cpu::fp4_gemv_bf16(wc, 0, N, ap16.data(), 1, 1.0f, nullptr, yc.data(), N, simd);
+        } else {
+          moe::cpu::fp4_gemv(w, 0, N, ap.data(), 1, 1.0f, nullptr, y.data(), N, simd);
+          moe::cpu::fp4_gemv(wc, 0, N, ap.data(), 1, 1.0f, nullptr, yc.data(), N, simd);
+        }
+        for (int64_t j = 0; j < N; ++j) {
+          if (j == 1 || j == 37) {
+            EXPECT_TRUE(std::isnan(y[size_t(j)])) << "row " << j << " simd " << simd << " dot " << dot;
+          } else {
+            ASSERT_TRUE(std::isfinite(y[size_t(j)])) << "row " << j << " simd " << simd << " dot " << dot;
+            EXPECT_EQ(bits_of(y[size_t(j)]), bits_of(yc[size_t(j)])) << "row " << j << " simd " << simd << " dot " << dot;
+          }
+        }
+      }
   }
 }
 

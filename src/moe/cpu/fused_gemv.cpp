@@ -108,7 +108,18 @@ template <class F>
 MXK_INLINE __m512 scale_vec(const uint8_t* srow, int64_t ch, int64_t nb, const Consts& k) {
   constexpr int per = 128 / F::block;  // scale bytes per chunk
   const int64_t b0 = ch * per, cnt = std::min<int64_t>(per, nb - b0);
-  const __m128i sb = _mm_maskz_loadu_epi8(__mmask16((1u << cnt) - 1), srow + b0);
+  // A plain load of the chunk's 8 or 4 scale bytes except in a row's last chunk: the masked byte load
+  // cost ~8% of the n = 1 kernel (bench/RESULTS.md, CPU note of 2026-11-29).
+  __m128i sb;
+  if (cnt == 8) {
+    sb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(srow + b0));
+  } else if (cnt == 4) {
+    int32_t v;
+    std::memcpy(&v, srow + b0, 4);
+    sb = _mm_cvtsi32_si128(v);
+  } else {
+    sb = _mm_maskz_loadu_epi8(__mmask16((1u << cnt) - 1), srow + b0);
+  }
   const __m512i si = _mm512_permutexvar_epi32(k.sidx, _mm512_cvtepu8_epi32(sb));
   if constexpr (F::ue4m3) {
     // UE4M3 (sign bit ignored): the code's bits placed as a float32 exponent/mantissa are the value
