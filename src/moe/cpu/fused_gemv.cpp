@@ -109,7 +109,7 @@ MXK_INLINE __m512 scale_vec(const uint8_t* srow, int64_t ch, int64_t nb, const C
   constexpr int per = 128 / F::block;  // scale bytes per chunk
   const int64_t b0 = ch * per, cnt = std::min<int64_t>(per, nb - b0);
   // A plain load of the chunk's 8 or 4 scale bytes except in a row's last chunk: the masked byte load
-  // cost ~8% of the n = 1 kernel (bench/RESULTS.md, CPU note of 2026-11-29).
+  // cost ~8% of the n = 1 kernel (bench/RESULTS.md, note on the scale decode).
   __m128i sb;
   if (cnt == 8) {
     sb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(srow + b0));
