@@ -35,10 +35,7 @@ for spec in ${VARIANTS:-base}; do
   if ! (cd "$BUILD" && ninja bench_moe_cuda > "$OUT/build-$name.log" 2>&1); then
     echo "=== $spec: build failed"; tail -20 "$OUT/build-$name.log"; continue
   fi
-  if [ -n "${SASS:-}" ]; then
-    cuobjdump -sass "$B" | awk -v pats="$SASS" 'BEGIN{n = split(pats, P, " ")}
-      /Function :/{p = 0; for (i = 1; i <= n; ++i) if (index($0, P[i]) > 0) p = 1} p' > "$OUT/$name.sass"
-  fi
+  [ -n "${SASS:-}" ] && kernel_sass "$SASS" > "$OUT/$name.sass"
   echo "=== $spec"
   env $envset "$B" ${BENCH_ARGS:-} 2>&1 | grep -v "^shape" | tail -40
   if [ -n "${TEST_FILTER:-}" ] && [ "$name" != base ]; then

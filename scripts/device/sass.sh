@@ -7,7 +7,7 @@
 set -uo pipefail
 source "$(dirname "$0")/build_env.sh" build-sass.log
 for k in ${FNS:-tile128_kernelILNS1_5WKindE0ELb1ELb1E}; do
-  cuobjdump -sass "$BUILD/bench_moe_cuda" 2>/dev/null | awk -v k="$k" '/Function :/{p = index($0, k) > 0} p' > "$OUT/$k.sass"
+  kernel_sass "$k" > "$OUT/$k.sass"
   echo "== $k: $(grep -c 'Function :' "$OUT/$k.sass") function(s), $(grep -cE '^ +/\*[0-9a-f]{4,}\*/' "$OUT/$k.sass") instructions"
   grep -oE '^ +/\*[0-9a-f]{4,}\*/ +(@!?U?P[0-9T] +)?[A-Z0-9_]+' "$OUT/$k.sass" | awk '{print $NF}' | sort | uniq -c |
     sort -rn | head -40 > "$OUT/$k.opcodes.txt"

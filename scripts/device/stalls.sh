@@ -18,8 +18,7 @@ if [ "${SOURCE_PAGE:-0}" = 1 ]; then
   timeout 300 ncu --clock-control none --graph-profiling node -k "regex:$K" --launch-count 1 --section SourceCounters \
     --section WarpStateStats --page source --print-source sass --csv "${B[@]}" 2> "$OUT/stalls-sass.err" | gzip > "$OUT/stalls-sass.csv.gz"
 fi
-cuobjdump -sass "$BUILD/bench_moe_cuda" 2>/dev/null | awk -v k="${SASS_FN:-tile128_kernelILNS1_5WKindE0ELb1ELb1E}" \
-  '/Function :/{p = index($0, k) > 0} p' > "$OUT/kernel.sass"
+kernel_sass "${SASS_FN:-tile128_kernelILNS1_5WKindE0ELb1ELb1E}" > "$OUT/kernel.sass"
 echo "== SASS lines $(wc -l < "$OUT/kernel.sass")"; grep -cE "HGMMA" "$OUT/kernel.sass"
 grep -E "Source|stall|Stall" "$OUT/stalls-source.txt" | head -30
 grep -E "stalled|inst_executed|cycles_elapsed" "$OUT/stalls-raw.txt" | awk '$NF+0 > 0.05 || /inst_executed.sum|cycles/' | sort -k3 -g | tail -40
