@@ -356,6 +356,48 @@ TEST(CudaMoeDevice, FusedAndMultiKernelPathsAgree) {
       }
 }
 
+// The fused kernel's top-k at T = 1 (rank counting over shared memory) against the multi-kernel route's
+// warp arg-max on tied scores: experts 10-19 copy expert 3's gate row (ten equal logits, so equal
+// probabilities), both router kinds; router ids and weights bit-identical, outputs within kTol.
+TEST(CudaMoeDevice, FusedTopKTiesMatchMultiKernel) {
+  SKIP_WITHOUT_DEVICE();
+  ForceFused on(true);
+  const SyntheticShape sh{"e128", 256, 96, 128, 8};
+  for (bool gpt : {false, true}) {
+    MoeLayer l = small_layer(parse_moe_scheme("w_nvfp4_a_nvfp4"), 29, false, sh);
+    if (gpt) make_gpt_oss(l);
+    ASSERT_EQ(l.gate.dtype, DType::F32);
+    float* g = l.gate.ptr<float>();
+    for (int e = 10; e < 20; ++e) std::memcpy(g + e * sh.hidden, g + 3 * sh.hidden, size_t(sh.hidden) * 4);
+    for (uint32_t seed : {41u, 42u, 43u}) {
+      // Token 0 aligned with expert 3's row, so the tied experts rank near the top.
+      Tensor x = test::random_tensor(DType::BF16, {1, sh.hidden}, seed);
+      uint16_t* xb = x.ptr<uint16_t>();
+      for (int64_t h = 0; h < sh.hidden; ++h) xb[h] = f32_to_bf16(bf16_to_f32(xb[h]) * 0.25f + 4.0f * g[3 * sh.hidden + h]);
+      MoeOptions o;
+      o.emulation = Emulation::VLLM;
+      o.backend = Backend::Cuda;
+      const MoeResult fused = run_moe(l, x, o);
+      MoeResult multi;
+      {
+        ForceFused off(false);
+        multi = run_moe(l, x, o);
+      }
+      const std::string what = std::string(gpt ? "gpt-oss router" : "softmax router") + " seed " + std::to_string(seed);
+      EXPECT_EQ(std::memcmp(fused.topk_ids.data.data(), multi.topk_ids.data.data(), multi.topk_ids.data.size()), 0) << what;
+      EXPECT_EQ(std::memcmp(fused.topk_weights.data.data(), multi.topk_weights.data.data(), multi.topk_weights.data.size()), 0)
+          << what;
+      int tied = 0;
+      for (int j = 0; j < 8; ++j) {
+        const int id = multi.topk_ids.ptr<int32_t>()[j];
+        tied += id == 3 || (id >= 10 && id < 20);
+      }
+      EXPECT_GE(tied, 2) << what << ": the tied experts should be among the selected";
+      EXPECT_LT(rel_l2(fused.out.ptr<float>(), multi.out.ptr<float>(), multi.out.numel()), kTol) << what;
+    }
+  }
+}
+
 // The GEMV and 128 x 128 paths and the fused kernel are deterministic (no atomics on outputs; split-K sums in a fixed
 // order) and graph-capturable: two forwards and a graph replay agree bit for bit, poisoned outputs
 // are overwritten.
