@@ -220,7 +220,7 @@ struct WeightStream {
         const bool kv = in_k(c);
         // The slot's raw data and tables are taken first, so the refill can be issued at once; then each
         // quarter (8 codes of both rows) is decoded right before its two k16 steps: 8 live weight words
-        // instead of 32 (registers for a fifth CTA per SM).
+        // instead of 32 (122 instead of 128 registers; ~2% at T = 8-64, bench/RESULTS.md v10).
         const Raw r0 = buf[d][0], r1 = buf[d][1];
         load<true>(d, chunk(rn, d));
         const uint32_t w0[4] = {r0.c.x, r0.c.y, r0.c.z, r0.c.w}, w1[4] = {r1.c.x, r1.c.y, r1.c.z, r1.c.w};
