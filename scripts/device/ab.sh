@@ -10,7 +10,8 @@
 #   run: VARIANTS="base quarter quarter@MXMOE_CUDA_GEMV_DEPTH=3 base" \
 #        BENCH_ARGS="--schemes w_nvfp4_a_nvfp4 --tokens 1,8,64 --modes vllm" bash scripts/device/ab.sh
 #        (carry: [".devdeps"]; ab_prepare.sh fills ab/<name> from a branch, here before the call);
-#        SASS='pattern ...' also keeps the SASS of matching kernels per variant in $OUT/<name>.sass (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files);
+#        SASS='pattern ...' also keeps the SASS of matching kernels per variant in $OUT/<name>.sass
+#        (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files);
 #        TEST_FILTER='*Fused*:...' also runs those device tests on every variant but base (MXMOE_TEST_QUICK=1,
 #        under compute-sanitizer memcheck with MEMCHECK=1), so a variant that wins can land tested.
 set -uo pipefail
