@@ -84,10 +84,17 @@ __device__ __forceinline__ void decode8(uint32_t w, const uint4& L, uint32_t* ou
   out[2] = __byte_perm(lb1, hb1, 0x5140), out[3] = __byte_perm(lb1, hb1, 0x7362);
 }
 
+// The table of half h (codes 0-15 / 16-31) of a lane's chunk part: NVFP4 has a scale byte per half,
+// MXFP4 one for both.
+template <WKind W>
+__device__ __forceinline__ uint4 half_table(const Raw& r, const uint4* lut, int h) {
+  return lut[(W == WKind::NVFP4 && h == 1 ? r.s >> 8 : r.s) & 0xffu];
+}
+
 template <WKind W>
 __device__ __forceinline__ void decode_raw(const Raw& r, const uint4* lut, uint32_t out[16]) {
-  const uint4 L0 = lut[r.s & 0xffu];
-  const uint4 L1 = W == WKind::NVFP4 ? lut[(r.s >> 8) & 0xffu] : L0;
+  const uint4 L0 = half_table<W>(r, lut, 0);
+  const uint4 L1 = W == WKind::NVFP4 ? half_table<W>(r, lut, 1) : L0;
   decode8(r.c.x, L0, out), decode8(r.c.y, L0, out + 4);
   decode8(r.c.z, L1, out + 8), decode8(r.c.w, L1, out + 12);
 }
@@ -224,10 +231,10 @@ struct WeightStream {
         const Raw r0 = buf[d][0], r1 = buf[d][1];
         load<true>(d, chunk(rn, d));
         const uint32_t w0[4] = {r0.c.x, r0.c.y, r0.c.z, r0.c.w}, w1[4] = {r1.c.x, r1.c.y, r1.c.z, r1.c.w};
-        uint4 L0 = lut[r0.s & 0xffu], L1 = lut[r1.s & 0xffu];
+        uint4 L0 = half_table<W>(r0, lut, 0), L1 = half_table<W>(r1, lut, 0);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          if (W == WKind::NVFP4 && q == 2) L0 = lut[(r0.s >> 8) & 0xffu], L1 = lut[(r1.s >> 8) & 0xffu];
+          if (W == WKind::NVFP4 && q == 2) L0 = half_table<W>(r0, lut, 1), L1 = half_table<W>(r1, lut, 1);
           uint32_t a0[4], a1[4];
           decode8(w0[q], L0, a0);
           decode8(w1[q], L1, a1);

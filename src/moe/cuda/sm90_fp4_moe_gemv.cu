@@ -40,7 +40,7 @@ struct TileItems {
 
 // Persistent: the grid is what fits on the GPU at once, and CTA b takes the b-th contiguous run of the
 // items (tile, m-tile group), mostly of one tile, so its warps' weight streams run on across them.
-// Four CTAs (16 warps) per SM at depth 4: 128 registers, no spills (depth 8, for experiments: two).
+// Four CTAs (16 warps) per SM at depth 4: 122 registers, no spills (depth 8, for experiments: two).
 template <WKind W, bool GATED, int kDepth>
 __global__ void __launch_bounds__(kThreads, kDepth == 4 ? 4 : 2) gemv_kernel(const GemmArgs a, int ksplit, int rs_bytes) {
   extern __shared__ __align__(16) uint8_t smem[];
