@@ -356,8 +356,8 @@ TEST(CudaMoeDevice, FusedAndMultiKernelPathsAgree) {
       }
 }
 
-// The fused kernel's top-k at T = 1 against the multi-kernel route's on tied scores (the ranking rule:
-// equal scores go to the lower index): experts 10-19 copy expert 3's gate row (equal logits, so equal
+// The fused kernel's top-k at T = 1 (rank counting over shared memory) against the multi-kernel route's
+// warp arg-max on tied scores: experts 10-19 copy expert 3's gate row (ten equal logits, so equal
 // probabilities), both router kinds; router ids and weights bit-identical, outputs within kTol.
 TEST(CudaMoeDevice, FusedTopKTiesMatchMultiKernel) {
   SKIP_WITHOUT_DEVICE();

@@ -147,13 +147,14 @@ __device__ __forceinline__ void warp_top_k(const float (&sc)[NPL], uint32_t remo
   id = my_id, score = my_score;
 }
 
-// Top-k of one token's logits x[E] by one warp: scores, k rounds of a warp arg-max (higher score, then
-// lower index), weights; lane j < k gets slot j's expert and weight. NPL candidates per lane
-// (E <= 32 * NPL). The lanes' slots past E hold -inf / 0, so a smaller NPL gives the same bits as 16
-// (the softmax sum only drops additions of +0).
+// The selection scores of one token's logits x[E] (softmax_topk: the softmax; topk_then_softmax: the
+// logits) for lane's candidates e = lane + 32 i (i < NPL, E <= 32 * NPL); `removed` bit i set where
+// e >= E (score -inf / 0 there, so a smaller NPL gives the same bits as 16: the softmax sum only drops
+// additions of +0).
 template <int NPL>
-__device__ __forceinline__ void topk_select(const RouteArgs& a, const float* x, int lane, int& id, float& weight) {
-  float v[NPL], sc[NPL];
+__device__ __forceinline__ void topk_scores(const RouteArgs& a, const float* x, int lane, float (&sc)[NPL],
+                                            uint32_t& removed) {
+  float v[NPL];
   float m = -INFINITY;
 #pragma unroll
   for (int i = 0; i < NPL; ++i) {
@@ -161,8 +162,7 @@ __device__ __forceinline__ void topk_select(const RouteArgs& a, const float* x, 
     v[i] = e < a.E ? x[e] : -INFINITY;
     m = fmaxf(m, v[i]);
   }
-  const bool softmax_first = a.kind == 0;
-  if (softmax_first) {
+  if (a.kind == 0) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     float sum = 0.0f;
@@ -179,30 +179,41 @@ __device__ __forceinline__ void topk_select(const RouteArgs& a, const float* x, 
 #pragma unroll
     for (int i = 0; i < NPL; ++i) sc[i] = v[i];
   }
-  uint32_t removed = 0;
+  removed = 0;
 #pragma unroll
   for (int i = 0; i < NPL; ++i)
     if (lane + 32 * i >= a.E) removed |= 1u << i;
-  int my_id;
-  float my_score;
-  warp_top_k<NPL>(sc, removed, a.k, lane, my_id, my_score);
-  // Weights, in slot order (lane j holds slot j).
+}
+
+// The router weight of slot `lane` (< k) from the selected scores, slot j's in lane j: renormalized
+// softmax (softmax_topk) or the softmax over the k logits (topk_then_softmax), times the scaling.
+__device__ __forceinline__ float topk_weight(const RouteArgs& a, float my_score) {
   float w = my_score;
-  if (softmax_first) {
+  if (a.kind == 0) {
     if (a.renormalize) {
       float s = 0.0f;
       for (int j = 0; j < a.k; ++j) s = cc::add_rn(s, __shfl_sync(0xffffffffu, my_score, j));
       w = cc::div_rn(my_score, s);
     }
-    w = cc::mul_rn(w, a.scaling);
-  } else {
-    const float m0 = __shfl_sync(0xffffffffu, my_score, 0);
-    const float ex = expf(my_score - m0);
-    float s = 0.0f;
-    for (int j = 0; j < a.k; ++j) s = cc::add_rn(s, __shfl_sync(0xffffffffu, ex, j));
-    w = cc::mul_rn(cc::div_rn(ex, s), a.scaling);
+    return cc::mul_rn(w, a.scaling);
   }
-  id = my_id, weight = w;
+  const float m0 = __shfl_sync(0xffffffffu, my_score, 0);
+  const float ex = expf(my_score - m0);
+  float s = 0.0f;
+  for (int j = 0; j < a.k; ++j) s = cc::add_rn(s, __shfl_sync(0xffffffffu, ex, j));
+  return cc::mul_rn(cc::div_rn(ex, s), a.scaling);
+}
+
+// Top-k of one token's logits x[E] by one warp: scores, k rounds of a warp arg-max (higher score, then
+// lower index), weights; lane j < k gets slot j's expert and weight.
+template <int NPL>
+__device__ __forceinline__ void topk_select(const RouteArgs& a, const float* x, int lane, int& id, float& weight) {
+  float sc[NPL];
+  uint32_t removed;
+  topk_scores<NPL>(a, x, lane, sc, removed);
+  float my_score;
+  warp_top_k<NPL>(sc, removed, a.k, lane, id, my_score);
+  weight = topk_weight(a, my_score);
 }
 
 }  // namespace mxmoe::moe::cuda

@@ -92,16 +92,67 @@ __device__ void stage_rows(const void* src, bool bf16, int64_t ld, const int* ro
   }
 }
 
+// Top-k by rank counting (T * E <= kRankMax: T = 1 with up to 128 experts): warp t puts token t's
+// scores in shared memory, then two threads per candidate count, over half the experts each, the
+// candidates ranked before it (higher score, then lower index: warp_top_k's order), and the candidate
+// of rank j < k takes slot j. A few hundred independent compares per thread instead of k rounds of a
+// warp arg-max (5 dependent shuffle pairs each) on one warp while seven wait. A token with a NaN score
+// keeps the arg-max (NaN is unordered, so ranks could collide). Shared memory: s [T * E] scores,
+// c [kThreads + kWarps] counts and NaN flags.
+constexpr int kRankMax = kThreads / 2;
+static_assert((kRankMax + kThreads + kWarps) * 4 <= kWarps * 32 * 16, "route_tokens' s and c fit in Layout::red");
+
 // Top-k of every token (warp t), then (warp 0) the grouping of the T * k slots:
 // row of slot s = the number of slots with a smaller (expert, token) key.
 template <int NPL>
-__device__ void route_tokens(const FusedArgs& a, const Routing& R) {
+__device__ void route_tokens(const FusedArgs& a, const Routing& R, float* s, int* c) {
   const RouteArgs& r = a.r;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, k = r.k;
+  const bool by_rank = r.T * r.E <= kRankMax;
+  float sc[NPL];
+  uint32_t removed = 0;
+  bool nan = false;
+  if (by_rank) {
+    if (warp < r.T) {
+      topk_scores<NPL>(r, r.logits + int64_t(warp) * r.E, lane, sc, removed);
+      bool bad = false;
+#pragma unroll
+      for (int i = 0; i < NPL; ++i)
+        if (!((removed >> i) & 1u)) s[warp * r.E + lane + 32 * i] = sc[i], bad |= isnan(sc[i]);
+      nan = __any_sync(0xffffffffu, bad);
+      if (lane == 0) c[kThreads + warp] = nan;
+    }
+    __syncthreads();
+    const int cand = threadIdx.x % kRankMax, h = threadIdx.x / kRankMax, ncand = int(r.T) * r.E;
+    int cnt = 0;
+    if (cand < ncand) {
+      const int t = cand / r.E, e = cand - t * r.E, half = (r.E + 1) / 2, j1 = min(r.E, (h + 1) * half);
+      const float* st = s + t * r.E;
+      const float me = st[e];
+      for (int j = h * half; j < j1; ++j) cnt += ranks_before(st[j], j, me, e);
+    }
+    c[threadIdx.x] = cnt;
+    __syncthreads();
+    if (h == 0 && cand < ncand) {
+      const int t = cand / r.E, e = cand - t * r.E, rank = cnt + c[kRankMax + cand];
+      if (rank < k && !c[kThreads + t]) R.slot_e[t * k + rank] = e, R.slot_w[t * k + rank] = s[cand];
+    }
+    __syncthreads();
+  }
   for (int t = warp; t < r.T; t += kWarps) {
     int id;
     float w;
-    topk_select<NPL>(r, r.logits + int64_t(t) * r.E, lane, id, w);
+    if (by_rank && !nan) {  // slot_w holds the selected scores until the weights replace them
+      const float my_score = lane < k ? R.slot_w[t * k + lane] : 0.0f;
+      id = lane < k ? R.slot_e[t * k + lane] : 0;
+      w = topk_weight(r, my_score);
+    } else if (by_rank) {
+      float my_score;
+      warp_top_k<NPL>(sc, removed, k, lane, id, my_score);
+      w = topk_weight(r, my_score);
+    } else {
+      topk_select<NPL>(r, r.logits + int64_t(t) * r.E, lane, id, w);
+    }
     if (lane < k) {
       R.slot_e[t * k + lane] = id, R.slot_w[t * k + lane] = w;
       if (blockIdx.x == 0) r.ids[t * k + lane] = id, r.weights[t * k + lane] = w;
@@ -225,7 +276,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
   mark(2);
 
   // B: routing (every CTA), GEMM1.
-  route_tokens<NPL>(a, R);
+  route_tokens<NPL>(a, R, reinterpret_cast<float*>(smem + L.red), reinterpret_cast<int*>(smem + L.red) + kRankMax);
   __syncthreads();
   mark(3);
   // GEMM1, then (C) GEMM2: one loop, so GEMM2 runs the instructions GEMM1 has just fetched. At T = 1 each
