@@ -12,8 +12,9 @@
 #        (carry: [".devdeps"]; ab_prepare.sh fills ab/<name> from a branch, here before the call);
 #        SASS='pattern ...' also keeps the SASS of matching kernels per variant in $OUT/<name>.sass
 #        (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files);
-#        TEST_FILTER='*Fused*:...' also runs those device tests on every variant but base (MXMOE_TEST_QUICK=1,
-#        under compute-sanitizer memcheck with MEMCHECK=1), so a variant that wins can land tested.
+#        TEST_FILTER='*Fused*:...' also runs those device tests on every variant folder but base, once, with
+#        the first spec that names it (MXMOE_TEST_QUICK=1, under compute-sanitizer memcheck with MEMCHECK=1),
+#        so a variant that wins can land tested.
 set -uo pipefail
 source "$(dirname "$0")/build_env.sh" build-ab.log
 B=$BUILD/bench_moe_cuda
@@ -25,6 +26,7 @@ if [ -d ab ]; then
     [ -f "$f" ] && mkdir -p "$BASE/$(dirname "$f")" && cp "$f" "$BASE/$f"
   done
 fi
+tested=""  # variant folders whose tests ran (once per folder, with the first spec that names it)
 for spec in ${VARIANTS:-base}; do
   name=${spec%%@*}
   envset=""; [ "$spec" != "$name" ] && envset=${spec#*@}
@@ -39,7 +41,8 @@ for spec in ${VARIANTS:-base}; do
   [ -n "${SASS:-}" ] && kernel_sass "$SASS" > "$OUT/$name.sass"
   echo "=== $spec"
   env $envset "$B" ${BENCH_ARGS:-} 2>&1 | grep -v "^shape" | tail -40
-  if [ -n "${TEST_FILTER:-}" ] && [ "$name" != base ]; then
+  if [ -n "${TEST_FILTER:-}" ] && [ "$name" != base ] && [[ " $tested " != *" $name "* ]]; then
+    tested="$tested $name"
     T=$BUILD/mxmoe_cuda_tests
     if ! (cd "$BUILD" && ninja mxmoe_cuda_tests >> "$OUT/build-$name.log" 2>&1); then
       echo "tests: build failed"; tail -20 "$OUT/build-$name.log"; continue
