@@ -163,6 +163,7 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
     l.b13 = to_f32_tensor(require(ck, P + "experts.gate_up_proj_bias", {E, 2 * I}));
     l.b2 = to_f32_tensor(require(ck, P + "experts.down_proj_bias", {E, H}));
     l.validate();
+    pack_expert_weights(l);
     return l;
   }
 
@@ -219,6 +220,7 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
     l.act_rounding = li->rounding;
   }
   l.validate();
+  pack_expert_weights(l);
   return l;
 }
 

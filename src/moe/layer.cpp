@@ -4,6 +4,7 @@
 #include <cblas.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "moe/experts.hpp"
@@ -203,6 +204,30 @@ double touched_weight_bytes(const MoeLayer& l, const Tensor& topk_ids) {
   return b;
 }
 
+void pack_expert_weights(MoeLayer& l) {
+  std::vector<Tensor*> ts;
+  auto add = [&](ExpertLinear& w) {
+    if (w.packed) ts.push_back(&w.packed->codes), ts.push_back(&w.packed->scales);
+    else ts.push_back(&w.dense);
+  };
+  for (size_t e = 0; e < l.w13.size() || e < l.w2.size(); ++e) {
+    if (e < l.w13.size()) add(l.w13[e]);
+    if (e < l.w2.size()) add(l.w2[e]);
+  }
+  for (size_t i = 0; i < l.shared_w13.size() || i < l.shared_w2.size(); ++i) {
+    if (i < l.shared_w13.size()) add(l.shared_w13[i]);
+    if (i < l.shared_w2.size()) add(l.shared_w2[i]);
+  }
+  const std::shared_ptr<HugeArena> first = ts.empty() ? nullptr : ts[0]->data.get_allocator().arena;
+  if (first && std::all_of(ts.begin(), ts.end(), [&](const Tensor* t) { return t->data.get_allocator().arena == first; }))
+    return;  // packed already (quantize_layer inside the loader)
+  size_t bytes = 0;
+  for (const Tensor* t : ts) bytes += HugeArena::footprint(t->data.size());
+  if (bytes == 0) return;
+  const auto arena = std::make_shared<HugeArena>(bytes);
+  for (Tensor* t : ts) t->move_to(arena);
+}
+
 MoeLayer quantize_layer(const MoeLayer& dense, const MoeScheme& scheme, ScaleRule rule) {
   MoeLayer q = dense;
   q.scheme = &scheme;
@@ -220,6 +245,7 @@ MoeLayer quantize_layer(const MoeLayer& dense, const MoeScheme& scheme, ScaleRul
   conv(q.w2, "w2");
   conv(q.shared_w13, "shared w13");
   conv(q.shared_w2, "shared w2");
+  pack_expert_weights(q);
   return q;
 }
 

@@ -83,6 +83,7 @@ MoeLayer synthetic_layer(const SyntheticShape& s, const MoeScheme& scheme, uint3
       vec->push_back(std::move(w));
     }
   }
+  pack_expert_weights(l);
   return l;
 }
 

@@ -70,6 +70,11 @@ MoeResult run_moe(const MoeLayer& layer, const Tensor& hidden_states, const MoeO
 // scales are 448*6/amax per projection; activation scales stay dynamic (input_scale 0).
 MoeLayer quantize_layer(const MoeLayer& dense, const MoeScheme& scheme, ScaleRule rule = ScaleRule::Even);
 
+// Moves the layer's expert weights (routed and shared: codes and scales, or dense) into one HugeArena,
+// expert by expert in the order a forward reads them. The loader, quantize_layer and synthetic_layer
+// call it; a layer assembled by hand may.
+void pack_expert_weights(MoeLayer& l);
+
 // A random layer for tests, demos and benchmarks (weights ~ N(0, 1/sqrt(in)), BF16, then quantized).
 struct SyntheticShape {
   std::string name;
