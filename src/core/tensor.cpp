@@ -67,8 +67,8 @@ HugeArena::~HugeArena() {
 }
 
 void* HugeArena::take(size_t n) {
-  const size_t at = used_;
-  if (at > size_ || size_ - at < n) return nullptr;
+  const size_t at = used_;  // never past size_
+  if (size_ - at < n) return nullptr;
   used_ = std::min(size_, at + footprint(n));
 #ifdef MXMOE_ASAN
   ASAN_UNPOISON_MEMORY_REGION(base_ + at, n);
