@@ -14,7 +14,8 @@
 #        (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files);
 #        TEST_FILTER='*Fused*:...' also runs those device tests on every variant folder but base, once, with
 #        the first spec that names it (MXMOE_TEST_QUICK=1, under compute-sanitizer memcheck with MEMCHECK=1),
-#        so a variant that wins can land tested.
+#        so a variant that wins can land tested. Each bench and test run is cut at STEP_TIMEOUT seconds
+#        (default 240).
 set -uo pipefail
 source "$(dirname "$0")/build_env.sh" build-ab.log
 B=$BUILD/bench_moe_cuda
@@ -40,14 +41,15 @@ for spec in ${VARIANTS:-base}; do
   fi
   [ -n "${SASS:-}" ] && kernel_sass "$SASS" > "$OUT/$name.sass"
   echo "=== $spec"
-  env $envset "$B" ${BENCH_ARGS:-} 2>&1 | grep -v "^shape" | tail -40
+  # A variant that hangs (a pipeline deadlock) costs STEP_TIMEOUT seconds, not the whole call.
+  timeout "${STEP_TIMEOUT:-240}" env $envset "$B" ${BENCH_ARGS:-} 2>&1 | grep -v "^shape" | tail -40
   if [ -n "${TEST_FILTER:-}" ] && [ "$name" != base ] && [[ " $tested " != *" $name "* ]]; then
     tested="$tested $name"
     T=$BUILD/mxmoe_cuda_tests
     if ! (cd "$BUILD" && ninja mxmoe_cuda_tests >> "$OUT/build-$name.log" 2>&1); then
       echo "tests: build failed"; tail -20 "$OUT/build-$name.log"; continue
     fi
-    run_tests() { env $envset MXMOE_TEST_QUICK=1 "$@" "$T" --gtest_filter="$TEST_FILTER" --gtest_brief=1 2>&1; }
+    run_tests() { timeout "${STEP_TIMEOUT:-240}" env $envset MXMOE_TEST_QUICK=1 "$@" "$T" --gtest_filter="$TEST_FILTER" --gtest_brief=1 2>&1; }
     run_tests > "$OUT/test-$name.log"; echo "tests: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/test-$name.log" | tr '\n' ' ')"
     grep -E "Failure|FAILED" "$OUT/test-$name.log" | head -10
     if [ "${MEMCHECK:-0}" = 1 ]; then
