@@ -22,16 +22,23 @@ B=$BUILD/bench_moe_cuda
 BASE=/tmp/mxmoe-ab-base
 rm -rf "$BASE" && mkdir -p "$BASE"
 # Every path any variant replaces, saved once so each variant starts from the tree as it was.
+# Paths no base file has (files a variant adds) are listed in $BASE.added and removed again, so a later
+# variant does not build another's new sources.
+: > "$BASE.added"
 if [ -d ab ]; then
   (cd ab && find . -mindepth 2 -type f | cut -d/ -f3- | sort -u) | while read -r f; do
-    [ -f "$f" ] && mkdir -p "$BASE/$(dirname "$f")" && cp "$f" "$BASE/$f"
+    if [ -f "$f" ]; then mkdir -p "$BASE/$(dirname "$f")" && cp "$f" "$BASE/$f"; else echo "$f" >> "$BASE.added"; fi
   done
 fi
+restore() {
+  restore
+  while read -r f; do rm -f "$f"; done < "$BASE.added"
+}
 tested=""  # variant folders whose tests ran (once per folder, with the first spec that names it)
 for spec in ${VARIANTS:-base}; do
   name=${spec%%@*}
   envset=""; [ "$spec" != "$name" ] && envset=${spec#*@}
-  (cd "$BASE" && find . -type f) | while read -r f; do cp "$BASE/$f" "$f"; done
+  restore
   if [ "$name" != base ]; then
     [ -d "ab/$name" ] || { echo "=== $spec: no folder ab/$name"; continue; }
     cp -r "ab/$name/." .
@@ -59,4 +66,4 @@ for spec in ${VARIANTS:-base}; do
     fi
   fi
 done
-(cd "$BASE" && find . -type f) | while read -r f; do cp "$BASE/$f" "$f"; done
+restore
