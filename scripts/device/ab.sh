@@ -31,7 +31,7 @@ if [ -d ab ]; then
   done
 fi
 restore() {
-  restore
+  (cd "$BASE" && find . -type f) | while read -r f; do cp "$BASE/$f" "$f"; done
   while read -r f; do rm -f "$f"; done < "$BASE.added"
 }
 tested=""  # variant folders whose tests ran (once per folder, with the first spec that names it)
