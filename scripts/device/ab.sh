@@ -14,8 +14,8 @@
 #        (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files);
 #        TEST_FILTER='*Fused*:...' also runs those device tests on every variant folder but base, once, with
 #        the first spec that names it (MXMOE_TEST_QUICK=1, under compute-sanitizer memcheck with MEMCHECK=1),
-#        so a variant that wins can land tested (TEST_VARIANTS='a b' limits that to those folders). Each bench and test run is cut at STEP_TIMEOUT seconds
-#        (default 240).
+#        so a variant that wins can land tested (TEST_VARIANTS='a b' limits that to those folders);
+#        each bench and test run is cut at STEP_TIMEOUT seconds (default 240).
 set -uo pipefail
 source "$(dirname "$0")/build_env.sh" build-ab.log
 B=$BUILD/bench_moe_cuda
