@@ -14,7 +14,8 @@
 #        (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files);
 #        TEST_FILTER='*Fused*:...' also runs those device tests on every variant folder but base, once, with
 #        the first spec that names it (MXMOE_TEST_QUICK=1, under compute-sanitizer memcheck with MEMCHECK=1),
-#        so a variant that wins can land tested (TEST_VARIANTS='a b' limits that to those folders);
+#        so a variant that wins can land tested (TEST_VARIANTS='a b' limits that to those folders, and
+#        may name base: a change under test in the tree itself, switched off by an environment variable);
 #        each bench and test run is cut at STEP_TIMEOUT seconds (default 240).
 set -uo pipefail
 source "$(dirname "$0")/build_env.sh" build-ab.log
@@ -50,8 +51,9 @@ for spec in ${VARIANTS:-base}; do
   echo "=== $spec"
   # A variant that hangs (a pipeline deadlock) costs STEP_TIMEOUT seconds, not the whole call.
   timeout "${STEP_TIMEOUT:-240}" env $envset "$B" ${BENCH_ARGS:-} 2>&1 | grep -v "^shape" | tail -40
-  if [ -n "${TEST_FILTER:-}" ] && [ "$name" != base ] && [[ " $tested " != *" $name "* ]] &&
-     [[ -z "${TEST_VARIANTS:-}" || " $TEST_VARIANTS " == *" $name "* ]]; then
+  if [ -n "${TEST_FILTER:-}" ] && [[ " $tested " != *" $name "* ]] &&
+     { [[ -n "${TEST_VARIANTS:-}" && " $TEST_VARIANTS " == *" $name "* ]] ||
+       [[ -z "${TEST_VARIANTS:-}" && "$name" != base ]]; }; then
     tested="$tested $name"
     T=$BUILD/mxmoe_cuda_tests
     if ! (cd "$BUILD" && ninja mxmoe_cuda_tests >> "$OUT/build-$name.log" 2>&1); then
