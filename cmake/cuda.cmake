@@ -69,6 +69,13 @@ if(MXMOE_TESTS)
     target_compile_definitions(mxmoe_cuda_tests PRIVATE MXMOE_SHARED_DIR="${MXMOE_SHARED_DIR}")
     gtest_discover_tests(mxmoe_cuda_tests DISCOVERY_TIMEOUT 60 PROPERTIES LABELS cuda)
   endif()
+  # ptxas may serialize a kernel's wgmma (register pressure, or operands it sees written after the fence):
+  # still correct, several times slower, so no other test sees it. Needs only nvcc: label cpu (CI runs it).
+  if("${CMAKE_CUDA_ARCHITECTURES}" MATCHES "90a")
+    add_test(NAME ptxas_wgmma_not_serialized
+             COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cuda/ptxas_wgmma_check.sh ${CMAKE_CUDA_COMPILER} ${CMAKE_SOURCE_DIR})
+    set_tests_properties(ptxas_wgmma_not_serialized PROPERTIES LABELS cpu TIMEOUT 900)
+  endif()
 endif()
 
 # CUDA benchmarks: bench/cuda/*.cpp, plain programs (no Google Benchmark), run by scripts/device/bench.sh.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Fails when ptxas serializes the wgmma of a kernel (its "Potential Performance Loss" notes, C7510-C7520):
+# such a kernel is correct, only several times slower, so no functional test sees it (RESULTS.md v14).
+# Checks every CUDA source under src/ that issues wgmma, built for sm_90a.
+#   usage: ptxas_wgmma_check.sh NVCC REPO_ROOT
+set -uo pipefail
+nvcc=$1 root=$2
+status=0
+srcs=$(cd "$root" && grep -l "wgmma_" src/*/cuda/*.cu)
+[ -n "$srcs" ] || { echo "no CUDA source under $root/src issues wgmma"; exit 1; }
+for src in $srcs; do
+  log=$("$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -arch=sm_90a -I"$root/include" -I"$root/src" \
+    -c "$root/$src" -o /dev/null -Xptxas -v 2>&1)
+  if [ $? -ne 0 ]; then
+    echo "$src: does not compile for sm_90a"; echo "$log" | grep -m 10 error; status=1; continue
+  fi
+  loss=$(echo "$log" | grep "Potential Performance Loss")
+  if [ -n "$loss" ]; then
+    echo "$src: ptxas serializes wgmma:"; echo "$loss" | sed 's/ in the function.*//' | sort | uniq -c; status=1
+  else
+    echo "$src: $(echo "$log" | grep -c "Compiling entry function") kernels, no wgmma serialized"
+  fi
+done
+exit $status
