@@ -49,7 +49,12 @@ else SHARED="$ROOT/../shared"; fi
 GEN=(-G Ninja); command -v ninja > /dev/null || GEN=()
 
 {
+  # The device's .git may be older than the tree that was sent: name the sent files' git tree too (ab/ and
+  # the carried paths left out), to match with `git log --format='%h %T'` here.
   echo "date: $(date -u +%FT%TZ)"; echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  idx=$(mktemp); rm -f "$idx"
+  echo "tree: $(GIT_INDEX_FILE=$idx git add -A -- . ':!ab' ':!.devdeps' 2>/dev/null &&
+    GIT_INDEX_FILE=$idx git write-tree 2>/dev/null || echo unknown)"; rm -f "$idx"
   nvidia-smi -L 2>&1; nvidia-smi --query-gpu=driver_version,clocks.sm,clocks.mem --format=csv 2>&1
   nvcc --version 2>&1 | tail -2; cmake --version 2>&1 | head -1; c++ --version 2>&1 | head -1
   compute-sanitizer --version 2>&1 | head -2; echo "shared: $SHARED"; nproc
