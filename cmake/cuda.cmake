@@ -72,8 +72,11 @@ if(MXMOE_TESTS)
   # ptxas may serialize a kernel's wgmma (register pressure, or operands it sees written after the fence):
   # still correct, several times slower, so no other test sees it. Needs only nvcc: label cpu (CI runs it).
   if("${CMAKE_CUDA_ARCHITECTURES}" MATCHES "90a")
+    string(TOUPPER "${CMAKE_BUILD_TYPE}" build_type)
+    separate_arguments(check_flags UNIX_COMMAND "${CMAKE_CUDA_FLAGS} ${CMAKE_CUDA_FLAGS_${build_type}}")
     add_test(NAME ptxas_wgmma_not_serialized
-             COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cuda/ptxas_wgmma_check.sh ${CMAKE_CUDA_COMPILER} ${CMAKE_SOURCE_DIR})
+             COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cuda/ptxas_wgmma_check.sh ${CMAKE_CUDA_COMPILER} ${CMAKE_SOURCE_DIR}
+                     -std=c++20 ${check_flags} ${MXMOE_CUDA_FLAGS})
     set_tests_properties(ptxas_wgmma_not_serialized PROPERTIES LABELS cpu TIMEOUT 900)
   endif()
 endif()
