@@ -326,7 +326,7 @@ void init_layer(Impl& m, const MoeLayer& l, int64_t max_tokens, const MoeOptions
   m.fused_T = fused_layer ? std::min<int64_t>(k::fused_max_tokens(m.topk), max_tokens) : 0;
   const int fsmem = m.fused_T > 0 ? k::fused_smem_bytes(m.fused_T, m.E, m.H, m.I) : 0;
   if (m.fused_T > 0 && k::gemv_weights(m.wk) && fsmem <= k::kFusedMaxSmem)
-    m.fused_grid = k::fused_max_grid(m.wk, m.E, fsmem);
+    m.fused_grid = k::fused_max_grid(m.wk, m.aq, m.E, fsmem);
   for (const DevMem* d : {&m.w13.codes, &m.w13.scales, &m.w2.codes, &m.w2.scales, &m.s13.codes, &m.s13.scales,
                           &m.s2.codes, &m.s2.scales, &m.gate, &m.gate3, &m.logits, &m.a1, &m.a2, &m.a2q, &m.y, &m.ys,
                           &m.xs, &m.xs3, &m.tiles, &m.scratch})

@@ -178,7 +178,8 @@ inline unsigned long long*& fused_stage_stamps() {
 // grid: at most fused_max_grid CTAs (all co-resident). Dynamic shared memory: fused_smem_bytes.
 cudaError_t fused_moe(const FusedArgs& a, int grid, cudaStream_t s);
 int fused_smem_bytes(int64_t T, int E, int64_t H, int64_t I);
-int fused_max_grid(WKind wk, int E, int smem_bytes);  // 0 when the kernel cannot run co-resident
+// 0 when the kernel cannot run co-resident or has no instantiation for (wk, aq) (the scheme table's pairs).
+int fused_max_grid(WKind wk, AQ aq, int E, int smem_bytes);
 
 struct FinalizeArgs {
   const float* y = nullptr;  // [P, H]

@@ -15,6 +15,10 @@
 //   -- grid barrier --
 //   D  finalize (weighted sum over the k slots in slot order)
 // All CTAs must be co-resident: the launch is cooperative with at most fused_max_grid CTAs.
+// fused_kernel<W, Q, NPL> is a template on the weights W, the activation scheme Q (both GEMM inputs use
+// the layer's one scheme, FusedArgs::aq) and the router's scores per lane NPL. A runtime switch over Q
+// inlined every quantizer into one ~370 KB kernel, and a third of the GEMM stall samples were on
+// instruction fetch; one scheme per kernel is ~110-180 KB. Only the scheme table's (W, Q) pairs exist.
 #include <cooperative_groups.h>
 
 #include "moe/cuda/moe_act_quant.cuh"
@@ -77,18 +81,6 @@ __device__ void stage_rows_q(const void* src, bool bf16, int64_t ld, const int* 
     for (int u = 0; u < B / 8; ++u)
       *reinterpret_cast<uint4*>(act + frag_offset(j, b * B + 8 * u, rs)) =
           make_uint4(w[4 * u], w[4 * u + 1], w[4 * u + 2], w[4 * u + 3]);
-  }
-}
-
-__device__ void stage_rows(const void* src, bool bf16, int64_t ld, const int* row_of, int first, int n, int64_t K, int e,
-                           const ActScale& sc, const FusedArgs& a, uint8_t* act, int rs) {
-  switch (a.aq) {
-    case AQ::None: return stage_rows_q<AQ::None>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
-    case AQ::NVFP4: return stage_rows_q<AQ::NVFP4>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
-    case AQ::MXFP4: return stage_rows_q<AQ::MXFP4>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
-    case AQ::MXFP6_E2M3: return stage_rows_q<AQ::MXFP6_E2M3>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
-    case AQ::MXFP6_E3M2: return stage_rows_q<AQ::MXFP6_E3M2>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
-    case AQ::FP8: return stage_rows_q<AQ::FP8>(src, bf16, ld, row_of, first, n, K, e, sc, a, act, rs);
   }
 }
 
@@ -191,14 +183,18 @@ __device__ void route_tokens(const FusedArgs& a, const Routing& R, float* s, int
 
 // One GEMM stage over the items {active expert, group of 8 / ksplit m-tiles}. GEMM1 (gated): src = x
 // (bf16), rows = tokens; GEMM2: src = a2 (float32), rows = grouped rows. The stage is a runtime
-// argument so that both stages run one copy of the code (see fused_kernel).
-template <WKind W>
+// argument so that both stages run one copy of the code (see fused_kernel); both quantize their input
+// with the layer's one scheme Q (FusedArgs::aq).
+template <WKind W, AQ Q>
 __device__ void gemm_stage(const FusedArgs& a, bool gated, const Routing& R, uint8_t* smem, const Layout& L) {
   const GemmArgs g = gated ? a.g1 : a.g2;
   ActScale sc = gated ? a.sc1 : a.g2.a_sc;
   if (gated && a.sc1_dyn == 1) sc.amax_all = R.misc + 8;
   if (gated && a.sc1_dyn == 2) sc.amax_e = R.amax_e;
-  const int alpha_kind = g.a_alpha_kind, ksplit = gated ? a.ksplit1 : a.ksplit2;
+  // Only NVFP4 (1 / gs) and FP8 (its scale) put an activation factor on the accumulator (act_side in
+  // cuda_moe.cpp): the other kernels leave act_alpha's branches out.
+  const int alpha_kind = Q == AQ::NVFP4 || Q == AQ::FP8 ? g.a_alpha_kind : 0;
+  const int ksplit = gated ? a.ksplit1 : a.ksplit2;
   uint4* lut = reinterpret_cast<uint4*>(smem + L.lut);
   uint8_t* act = smem + L.act;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g8 = lane >> 2, t = lane & 3;
@@ -220,8 +216,8 @@ __device__ void gemm_stage(const FusedArgs& a, bool gated, const Routing& R, uin
     ws.start(g, e, mode, mt, mt_ok, kg, ksplit);
     if (e != staged) {
       if (staged < 0 || lut_per_expert) build_luts<W>(lut, g, e);
-      if (gated) stage_rows(a.r.x, true, a.r.H, R.row_tok + p0, 0, n, g.K, e, sc, a, act, rs);
-      else stage_rows(a.g1.y, false, a.g1.ldy, nullptr, p0, n, g.K, e, sc, a, act, rs);
+      if (gated) stage_rows_q<Q>(a.r.x, true, a.r.H, R.row_tok + p0, 0, n, g.K, e, sc, a, act, rs);
+      else stage_rows_q<Q>(a.g1.y, false, a.g1.ldy, nullptr, p0, n, g.K, e, sc, a, act, rs);
       staged = e;
     }
     __syncthreads();
@@ -238,7 +234,7 @@ __device__ void gemm_stage(const FusedArgs& a, bool gated, const Routing& R, uin
   }
 }
 
-template <WKind W, int NPL>
+template <WKind W, AQ Q, int NPL>
 __global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
   extern __shared__ __align__(16) uint8_t smem[];
   cg::grid_group grid = cg::this_grid();
@@ -284,7 +280,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
   // samples on instruction fetch, most in the copy GEMM2 had of its own (bench/RESULTS.md v10).
 #pragma unroll 1
   for (int s = 0; s < 2; ++s) {
-    gemm_stage<W>(a, s == 0, R, smem, L);
+    gemm_stage<W, Q>(a, s == 0, R, smem, L);
     mark(4 + 2 * s);
     grid.sync();
     mark(5 + 2 * s);
@@ -299,18 +295,28 @@ __global__ void __launch_bounds__(kThreads, 1) fused_kernel(const FusedArgs a) {
   mark(8);
 }
 
-// Calls f(kernel) with the instantiation for these weights and experts, its dynamic shared-memory limit
-// raised to at least smem_bytes.
-template <class F>
-cudaError_t with_kernel(WKind wk, int E, int smem_bytes, F&& f) {
+// Calls f(kernel) with the instantiation for these weights, activation scheme and experts, its dynamic
+// shared-memory limit raised to at least smem_bytes.
+template <WKind W, AQ Q, class F>
+cudaError_t with_scheme(int E, int smem_bytes, F& f) {
   auto go = [&](auto kern, cudaError_t raised) { return raised != cudaSuccess ? raised : f(kern); };
-  const bool small = E <= 128;
-  if (wk == WKind::NVFP4)
-    return small ? go(fused_kernel<WKind::NVFP4, 4>, ensure_smem<fused_kernel<WKind::NVFP4, 4>>(smem_bytes))
-                 : go(fused_kernel<WKind::NVFP4, 16>, ensure_smem<fused_kernel<WKind::NVFP4, 16>>(smem_bytes));
-  if (wk == WKind::MXFP4)
-    return small ? go(fused_kernel<WKind::MXFP4, 4>, ensure_smem<fused_kernel<WKind::MXFP4, 4>>(smem_bytes))
-                 : go(fused_kernel<WKind::MXFP4, 16>, ensure_smem<fused_kernel<WKind::MXFP4, 16>>(smem_bytes));
+  return E <= 128 ? go(fused_kernel<W, Q, 4>, ensure_smem<fused_kernel<W, Q, 4>>(smem_bytes))
+                  : go(fused_kernel<W, Q, 16>, ensure_smem<fused_kernel<W, Q, 16>>(smem_bytes));
+}
+
+// Only the (weights, activations) pairs of the scheme table (moe_scheme.cpp) are instantiated: each
+// kernel inlines one quantizer. Any other pair is refused, so fused_max_grid gives 0 and the layer
+// takes the multi-kernel path.
+template <class F>
+cudaError_t with_kernel(WKind wk, AQ aq, int E, int smem_bytes, F&& f) {
+  using W = WKind;
+  if (wk == W::NVFP4 && aq == AQ::NVFP4) return with_scheme<W::NVFP4, AQ::NVFP4>(E, smem_bytes, f);
+  if (wk == W::NVFP4 && aq == AQ::None) return with_scheme<W::NVFP4, AQ::None>(E, smem_bytes, f);
+  if (wk == W::MXFP4 && aq == AQ::MXFP4) return with_scheme<W::MXFP4, AQ::MXFP4>(E, smem_bytes, f);
+  if (wk == W::MXFP4 && aq == AQ::MXFP6_E2M3) return with_scheme<W::MXFP4, AQ::MXFP6_E2M3>(E, smem_bytes, f);
+  if (wk == W::MXFP4 && aq == AQ::MXFP6_E3M2) return with_scheme<W::MXFP4, AQ::MXFP6_E3M2>(E, smem_bytes, f);
+  if (wk == W::MXFP4 && aq == AQ::FP8) return with_scheme<W::MXFP4, AQ::FP8>(E, smem_bytes, f);
+  if (wk == W::MXFP4 && aq == AQ::None) return with_scheme<W::MXFP4, AQ::None>(E, smem_bytes, f);
   return cudaErrorInvalidValue;
 }
 
@@ -319,16 +325,17 @@ cudaError_t with_kernel(WKind wk, int E, int smem_bytes, F&& f) {
 
 int fused_smem_bytes(int64_t T, int E, int64_t H, int64_t I) { return fused::Layout(T, E, H, I).bytes; }
 
-int fused_max_grid(WKind wk, int E, int smem_bytes) {
+int fused_max_grid(WKind wk, AQ aq, int E, int smem_bytes) {
   int dev = 0, sms = 0, coop = 0, per_sm = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) ||
       cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) || !coop)
     return 0;
-  const cudaError_t err = fused::with_kernel(wk, E, smem_bytes, [&](auto kern) {
+  const cudaError_t err = fused::with_kernel(wk, aq, E, smem_bytes, [&](auto kern) {
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, fused::kThreads, smem_bytes);
   });
   if (err != cudaSuccess) {
-    (void)cudaGetLastError();  // a shape that does not fit: the caller takes the multi-kernel path
+    // A shape that does not fit, or a scheme pair without a kernel: the caller takes the multi-kernel path.
+    (void)cudaGetLastError();
     return 0;
   }
   return sms * (per_sm < 2 ? per_sm : 2);
@@ -338,7 +345,7 @@ cudaError_t fused_moe(const FusedArgs& a, int grid, cudaStream_t s) {
   if (a.r.T == 0) return cudaSuccess;
   if (a.r.T > 8 || a.r.T * a.r.k > fused::kMaxSlots || a.r.E > 512 || grid <= 0) return cudaErrorInvalidValue;
   const int smem = fused_smem_bytes(a.r.T, a.r.E, a.r.H, a.g1.N / 2);
-  return fused::with_kernel(a.g1.wk, a.r.E, smem, [&](auto kern) {
+  return fused::with_kernel(a.g1.wk, a.aq, a.r.E, smem, [&](auto kern) {
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeCooperative;
