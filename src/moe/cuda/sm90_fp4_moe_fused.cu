@@ -18,7 +18,7 @@
 // fused_kernel<W, Q, NPL> is a template on the weights W, the activation scheme Q (both GEMM inputs use
 // the layer's one scheme, FusedArgs::aq) and the router's scores per lane NPL. A runtime switch over Q
 // inlined every quantizer into one ~370 KB kernel, and a third of the GEMM stall samples were on
-// instruction fetch; one scheme per kernel is ~110-180 KB. Only the scheme table's (W, Q) pairs exist.
+// instruction fetch; one scheme per kernel is ~105-155 KB. Only the scheme table's (W, Q) pairs exist.
 #include <cooperative_groups.h>
 
 #include "moe/cuda/moe_act_quant.cuh"
@@ -216,8 +216,9 @@ __device__ void gemm_stage(const FusedArgs& a, bool gated, const Routing& R, uin
     ws.start(g, e, mode, mt, mt_ok, kg, ksplit);
     if (e != staged) {
       if (staged < 0 || lut_per_expert) build_luts<W>(lut, g, e);
-      if (gated) stage_rows_q<Q>(a.r.x, true, a.r.H, R.row_tok + p0, 0, n, g.K, e, sc, a, act, rs);
-      else stage_rows_q<Q>(a.g1.y, false, a.g1.ldy, nullptr, p0, n, g.K, e, sc, a, act, rs);
+      // One call for both stages: one inlined copy of the quantizer (its bf16 / float32 load is a branch).
+      stage_rows_q<Q>(gated ? static_cast<const void*>(a.r.x) : a.g1.y, gated, gated ? a.r.H : a.g1.ldy,
+                      gated ? R.row_tok + p0 : nullptr, gated ? 0 : p0, n, g.K, e, sc, a, act, rs);
       staged = e;
     }
     __syncthreads();
