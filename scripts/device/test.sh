@@ -9,7 +9,8 @@
 # with `cd .devdeps/deb && apt-get download libgtest-dev libgmock-dev libfmt-dev libfmt9
 # nlohmann-json3-dev libcli11-dev libopenblas-pthread-dev libopenblas0-pthread libgfortran5
 # libquadmath0`), unpacked with dpkg -x into a private prefix. Golden files: ../shared when present,
-# else .devdeps/shared (a copy of shared/golden/*.safetensors), else the golden tests skip.
+# else .devdeps/shared (a copy of shared/golden: the *.safetensors files and the moe_* checkpoint folders),
+# else the golden tests skip.
 #
 #   run: bash scripts/device/test.sh            (carry: [".devdeps"])
 #        bash scripts/device/test.sh --build-only
