@@ -182,7 +182,18 @@ VLK_TARGET void gemv_avx512(const Fp4Weight& w, const Nvfp4VllmTable& t, int64_t
 
 }  // namespace
 
-void nvfp4_vllm_table(float gs, Nvfp4VllmTable* t) { fill_rows(gs, t); }
+// Without AVX512_BF16 (where the table kernel never runs) the same values from the scalar rounding, so
+// building a table is safe on every CPU.
+void nvfp4_vllm_table(float gs, Nvfp4VllmTable* t) {
+  if (fp4_bf16_dot_active()) return fill_rows(gs, t);
+  const float* e2m1 = decode_table(Encoding::E2M1);
+  const float* st = decode_table(Encoding::UE4M3);
+  for (int s = 0; s < 256; ++s) {
+    const float m = st[s] / gs;
+    const bool in_range = m == 0.0f || (m >= 0x1p-35f && m <= 0x1p33f);
+    for (int i = 0; i < 16; ++i) t->w[s][i] = in_range ? f32_to_bf16(e2m1[i] * m) : uint16_t(0x7fc0);
+  }
+}
 
 void fp4_gemv_vllm_table(const Fp4Weight& w, const Nvfp4VllmTable& t, int64_t r0, int64_t r1, const uint16_t* ap,
                          int64_t n, float alpha, const float* bias, float* y, int64_t ldy) {

@@ -93,7 +93,7 @@ struct Nvfp4VllmTable {
   // them come out NaN from the table kernel and are recomputed by fp4_gemv_bf16.
   alignas(64) uint16_t w[256][16];
 };
-// Fills the table for encode scale gs > 0. Needs fp4_bf16_dot_active().
+// Fills the table for encode scale gs > 0 (on any CPU; only the AVX512_BF16 kernel reads it).
 void nvfp4_vllm_table(float gs, Nvfp4VllmTable* t);
 // fp4_gemv_bf16 for vllm NVFP4 weights (w.gs > 0, UE4M3 scales, block 16) with `t` built for w.gs:
 // same contract (ap in the bf16 layout, float32 accumulation, any n). SIMD: per float lane the
