@@ -53,6 +53,17 @@ struct NamedTensor {
 std::vector<NamedTensor> export_linear(Layout layout, const std::string& prefix, const QuantizedTensor& w,
                                        float input_scale_decode = 0.0f);
 
+// The config files of a checkpoint in `layout` whose weights were quantized with `p` (weight-only: no
+// input scales) and whose modules `excluded` (names without ".weight") stay unquantized: ModelOpt's
+// hf_quant_config.json, or the quantization_config object of config.json (compressed-tensors, Quark).
+// detect_layout reads either back. Throws for a scheme the layout cannot hold, and for Quark with a
+// rounding other than RNE.
+struct QuantConfigFiles {
+  std::optional<nlohmann::json> hf_quant_config;
+  std::optional<nlohmann::json> quantization_config;
+};
+QuantConfigFiles quant_config(Layout layout, const QuantParams& p, const std::vector<std::string>& excluded);
+
 // Read access to named tensors: a Checkpoint, a SafetensorsFile, in-memory NamedTensors, or
 // anything else (fill the two callables). `find` returns nullptr when the tensor is absent.
 struct TensorLookup {

@@ -3,7 +3,13 @@
 
 #include <regex>
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <map>
+#include <optional>
 #include <set>
 
 #include "cli/common.hpp"
@@ -12,6 +18,8 @@
 
 namespace mxmoe::cli {
 namespace {
+
+namespace fs = std::filesystem;
 
 // Progress on stderr for inputs of 64 MiB or more: a line every 10% of the bytes.
 class Progress {
@@ -125,86 +133,211 @@ bool is_linear_weight(const TensorInfo& t) {
   return t.name.size() > 7 && t.name.ends_with(".weight") && t.shape.size() == 2 && is_qdq_dtype(t.dtype);
 }
 
-void run_quantize(const QuantizeArgs& a) {
-  const Scheme scheme = parse_scheme(a.q.scheme);
-  const Layout layout = a.layout.empty() ? default_layout(scheme) : parse_layout(a.layout);
-  MXMOE_CHECK(a.q.global_scale == 0, "quantize: the NVFP4 global scale is 448*6/amax per weight; --global-scale is "
-                                     "a qdq option");
-  // The Quark layout's producer default is the 'even' rule.
-  const QuantParams base = a.q.resolve(ScaleRule::Even);
-  MXMOE_CHECK(layout_supports(layout, scheme), "the {} layout cannot hold {} (modelopt: nvfp4; compressed-tensors: "
-              "nvfp4; quark: mxfp4, mxfp6_e3m2, mxfp6_e2m3, and as a project extension mxfp8_e4m3, mxfp8_e5m2, mxint8)",
-              layout_name(layout), traits(scheme).name);
-  const SafetensorsFile f = SafetensorsFile::open(a.in);
-  if (!a.skip_incompatible)
-    for (const auto& t : f.tensors())
-      if (is_linear_weight(t) && !fits_blocks(t, scheme))
-        MXMOE_THROW("{} (use --skip-incompatible to copy such tensors unchanged)", incompatible_msg(t, scheme));
-
-  fmt::print("quantize {} -> {}: layout={} {}\n", a.in, a.out, layout_name(layout), params_str(base));
-  if (scheme == Scheme::MXFP8_E4M3 || scheme == Scheme::MXFP8_E5M2 || scheme == Scheme::MXINT8)
-    fmt::print("note: 8-bit MX in the quark layout is a project extension (vLLM's Quark MX path reads fp4/fp6)\n");
-  Table table({"tensor", "shape", "stored as", "SQNR dB"}, {false, false, false, true});
-  std::vector<NamedTensor> out;
+// One quantize command's rules, applied file by file (a checkpoint directory is quantized shard by shard).
+struct Quantizer {
+  const QuantizeArgs& a;
+  Scheme scheme;
+  Layout layout;
+  QuantParams base;
   std::vector<std::regex> excludes;
-  for (const auto& e : a.include_all ? a.exclude : [&] {
-         auto v = kDefaultExcludes;
-         v.insert(v.end(), a.exclude.begin(), a.exclude.end());
-         return v;
-       }()) {
-    try {
-      excludes.emplace_back(e);
-    } catch (const std::regex_error& err) {
-      MXMOE_THROW("--exclude '{}': not a valid regular expression ({})", e, err.what());
+  Table table{{"tensor", "shape", "stored as", "SQNR dB"}, {false, false, false, true}};
+  int quantized = 0, copied = 0, skipped = 0;
+  std::vector<std::string> kept;  // excluded modules (names without ".weight"), for the config
+  std::map<std::string, float> pair_amax;  // NVFP4: gate / up (w1 / w3) pair key -> the pair's amax
+
+  explicit Quantizer(const QuantizeArgs& args) : a(args), scheme(parse_scheme(a.q.scheme)) {
+    layout = a.layout.empty() ? default_layout(scheme) : parse_layout(a.layout);
+    MXMOE_CHECK(a.q.global_scale == 0, "quantize: the NVFP4 global scale is 448*6/amax per weight; --global-scale "
+                                       "is a qdq option");
+    base = a.q.resolve(ScaleRule::Even);  // the Quark layout's producer default is the 'even' rule
+    MXMOE_CHECK(layout_supports(layout, scheme), "the {} layout cannot hold {} (modelopt: nvfp4; compressed-tensors: "
+                "nvfp4; quark: mxfp4, mxfp6_e3m2, mxfp6_e2m3, and as a project extension mxfp8_e4m3, mxfp8_e5m2, "
+                "mxint8)", layout_name(layout), traits(scheme).name);
+    std::vector<std::string> patterns = a.include_all ? std::vector<std::string>{} : kDefaultExcludes;
+    patterns.insert(patterns.end(), a.exclude.begin(), a.exclude.end());
+    for (const auto& e : patterns) {
+      try {
+        excludes.emplace_back(e);
+      } catch (const std::regex_error& err) {
+        MXMOE_THROW("--exclude '{}': not a valid regular expression ({})", e, err.what());
+      }
     }
   }
-  auto excluded = [&](const std::string& name) {
+  bool excluded(const std::string& name) const {
     for (const auto& r : excludes)
       if (std::regex_search(name, r)) return true;
     return false;
-  };
-  Progress progress(data_bytes(f), f.size());
-  int quantized = 0, copied = 0, skipped = 0, kept = 0;
-  for (const auto& t : f.tensors()) {
-    Tensor x = f.load(t.name);
-    if (is_linear_weight(t) && excluded(t.name)) {
-      ++kept;
-      out.push_back({t.name, std::move(x)});
-    } else if (is_linear_weight(t) && fits_blocks(t, scheme)) {
-      QuantParams p = base;
-      if (traits(scheme).tensor_scale) p.global_scale = nvfp4_default_global_scale(tensor_amax(x));
-      const QuantizedTensor q = quantize(x, p, fmt::format("tensor '{}'", t.name));
-      const std::string prefix = t.name.substr(0, t.name.size() - 7);
-      auto tensors = export_linear(layout, prefix, q);
-      std::string stored;
-      for (const auto& nt : tensors)
-        stored += fmt::format("{}{} {}", stored.empty() ? "" : ", ", nt.name.substr(prefix.size() + 1),
-                              dtype_name(nt.tensor.dtype));
-      table.add({t.name, shape_str(t.shape), stored, fmt_db(error_stats(x, dequantize(q)).sqnr_db())});
-      for (auto& nt : tensors) out.push_back(std::move(nt));
-      ++quantized;
-    } else {
-      if (is_linear_weight(t)) {
-        fmt::print(stderr, "mxmoe: warning: {}: copied unchanged\n", incompatible_msg(t, scheme));
-        ++skipped;
-      } else {
-        ++copied;
-      }
-      out.push_back({t.name, std::move(x)});
-    }
-    progress.step(t.nbytes());
   }
-  auto meta = f.metadata();
-  meta["mxmoe_quantize"] = fmt::format("layout={} {}", layout_name(layout), params_str(base));
-  if (!meta.count("format")) meta["format"] = "pt";
+  void check_blocks(const SafetensorsFile& f) const {
+    if (a.skip_incompatible) return;
+    for (const auto& t : f.tensors())
+      if (is_linear_weight(t) && !fits_blocks(t, scheme))
+        MXMOE_THROW("{} (use --skip-incompatible to copy such tensors unchanged)", incompatible_msg(t, scheme));
+  }
+  // ModelOpt gives an expert's gate and up projections one tensor scale (vLLM fuses them, mxmoe's loader
+  // needs it): NVFP4 takes each pair's joint amax, over every file of a checkpoint.
+  static std::optional<std::string> pair_key(const std::string& name) {
+    static const std::regex re(R"(^(.*)\.(gate_proj|up_proj|w1|w3)\.weight$)");
+    std::smatch m;
+    if (!std::regex_match(name, m, re)) return std::nullopt;
+    const std::string which = m[2].str();
+    return m[1].str() + (which == "w1" || which == "w3" ? "|w13" : "|gate_up");
+  }
+  void scan_pairs(const SafetensorsFile& f) {
+    if (!traits(scheme).tensor_scale) return;
+    for (const auto& t : f.tensors())
+      if (is_linear_weight(t) && !excluded(t.name) && fits_blocks(t, scheme))
+        if (const auto key = pair_key(t.name)) {
+          const float m = tensor_amax(f.load(t.name));
+          auto [it, fresh] = pair_amax.emplace(*key, m);
+          if (!fresh) it->second = std::fmax(it->second, m);
+        }
+  }
+  void header() const {
+    fmt::print("quantize {} -> {}: layout={} {}\n", a.in, a.out, layout_name(layout), params_str(base));
+    if (scheme == Scheme::MXFP8_E4M3 || scheme == Scheme::MXFP8_E5M2 || scheme == Scheme::MXINT8)
+      fmt::print("note: 8-bit MX in the quark layout is a project extension (vLLM's Quark MX path reads fp4/fp6)\n");
+  }
+
+  std::vector<NamedTensor> file(const SafetensorsFile& f, Progress& progress) {
+    std::vector<NamedTensor> out;
+    for (const auto& t : f.tensors()) {
+      Tensor x = f.load(t.name);
+      if (is_linear_weight(t) && excluded(t.name)) {
+        kept.push_back(t.name.substr(0, t.name.size() - 7));
+        out.push_back({t.name, std::move(x)});
+      } else if (is_linear_weight(t) && fits_blocks(t, scheme)) {
+        QuantParams p = base;
+        if (traits(scheme).tensor_scale) {
+          const auto key = pair_key(t.name);
+          const auto it = key ? pair_amax.find(*key) : pair_amax.end();
+          p.global_scale = nvfp4_default_global_scale(it != pair_amax.end() ? it->second : tensor_amax(x));
+        }
+        const QuantizedTensor q = quantize(x, p, fmt::format("tensor '{}'", t.name));
+        const std::string prefix = t.name.substr(0, t.name.size() - 7);
+        auto tensors = export_linear(layout, prefix, q);
+        std::string stored;
+        for (const auto& nt : tensors)
+          stored += fmt::format("{}{} {}", stored.empty() ? "" : ", ", nt.name.substr(prefix.size() + 1),
+                                dtype_name(nt.tensor.dtype));
+        table.add({t.name, shape_str(t.shape), stored, fmt_db(error_stats(x, dequantize(q)).sqnr_db())});
+        for (auto& nt : tensors) out.push_back(std::move(nt));
+        ++quantized;
+      } else {
+        if (is_linear_weight(t)) {
+          fmt::print(stderr, "mxmoe: warning: {}: copied unchanged\n", incompatible_msg(t, scheme));
+          ++skipped;
+        } else {
+          ++copied;
+        }
+        out.push_back({t.name, std::move(x)});
+      }
+      progress.step(t.nbytes());
+    }
+    return out;
+  }
+  std::map<std::string, std::string> metadata(const SafetensorsFile& f) const {
+    auto meta = f.metadata();
+    meta["mxmoe_quantize"] = fmt::format("layout={} {}", layout_name(layout), params_str(base));
+    if (!meta.count("format")) meta["format"] = "pt";
+    return meta;
+  }
+  void summary() const {
+    if (table.rows()) table.print();
+    fmt::print("{} linear weights quantized, {} other tensors copied unchanged", quantized, copied);
+    if (skipped) fmt::print(", {} incompatible weights copied unchanged", skipped);
+    if (!kept.empty())
+      fmt::print(", {} excluded weights (router, embeddings, lm_head, --exclude) kept unquantized", kept.size());
+    fmt::print("; wrote {}\n", a.out);
+  }
+};
+
+void write_tensors(const std::string& path, const std::vector<NamedTensor>& out,
+                   const std::map<std::string, std::string>& meta) {
   std::vector<TensorRef> refs;
   for (const auto& nt : out) refs.push_back(tensor_ref(nt.name, nt.tensor));
-  write_safetensors(a.out, refs, meta);
-  if (table.rows()) table.print();
-  fmt::print("{} linear weights quantized, {} other tensors copied unchanged", quantized, copied);
-  if (skipped) fmt::print(", {} incompatible weights copied unchanged", skipped);
-  if (kept) fmt::print(", {} excluded weights (router, embeddings, lm_head, --exclude) kept unquantized", kept);
-  fmt::print("; wrote {}\n", a.out);
+  write_safetensors(path, refs, meta);
+}
+
+nlohmann::json read_json_file(const fs::path& p) {
+  std::ifstream in(p);
+  MXMOE_CHECK(in, "cannot open '{}'", p.string());
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    MXMOE_THROW("{}: not valid JSON ({})", p.string(), e.what());
+  }
+}
+
+void write_json_file(const fs::path& p, const nlohmann::json& j) {
+  std::ofstream out(p);
+  MXMOE_CHECK(out << j.dump(2) << "\n", "cannot write '{}'", p.string());
+}
+
+// A checkpoint directory (config.json + shards) -> a quantized one: each shard under its own name, the
+// index's weight_map renamed, config.json with the layout's quantization_config (or ModelOpt's
+// hf_quant_config.json), every other top-level file (tokenizer, generation config) copied.
+void quantize_dir(Quantizer& qz) {
+  const QuantizeArgs& a = qz.a;
+  const fs::path in(a.in), out(a.out);
+  MXMOE_CHECK(fs::exists(in / "config.json"), "{}: a checkpoint directory needs config.json", a.in);
+  nlohmann::json cfg = read_json_file(in / "config.json");
+  MXMOE_CHECK(cfg.is_object() && !cfg.contains("quantization_config") && !fs::exists(in / "hf_quant_config.json"),
+              "{} is already quantized (it declares a quantization config); quantize reads an unquantized "
+              "(bf16 / f16 / f32) checkpoint", a.in);
+  std::error_code ec;
+  MXMOE_CHECK(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)),
+              "output directory {} exists and is not empty (quantize writes a new checkpoint directory)", a.out);
+  MXMOE_CHECK(!fs::exists(out) || !fs::equivalent(in, out, ec), "output directory {} is the input", a.out);
+  const Checkpoint ck = Checkpoint::open(a.in);
+  for (const auto& f : ck.files()) qz.check_blocks(f), qz.scan_pairs(f);
+  uint64_t bytes = 0;
+  for (const auto& f : ck.files()) bytes += data_bytes(f);
+  fs::create_directories(out, ec);
+  MXMOE_CHECK(!ec, "cannot create directory {}: {}", a.out, ec.message());
+  qz.header();
+  Progress progress(bytes, ck.size());
+  nlohmann::json weight_map = nlohmann::json::object();
+  uint64_t total = 0;
+  std::set<std::string> shard_names;
+  for (const auto& f : ck.files()) {
+    const std::vector<NamedTensor> tensors = qz.file(f, progress);
+    const std::string name = fs::path(f.path()).filename().string();
+    write_tensors((out / name).string(), tensors, qz.metadata(f));
+    shard_names.insert(name);
+    for (const auto& nt : tensors) weight_map[nt.name] = name, total += nt.tensor.data.size();
+  }
+  constexpr const char* kIndex = "model.safetensors.index.json";
+  if (ck.files().size() > 1 || fs::exists(in / kIndex))
+    write_json_file(out / kIndex, {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
+  std::sort(qz.kept.begin(), qz.kept.end());
+  const QuantConfigFiles qc = quant_config(qz.layout, qz.base, qz.kept);
+  if (qc.quantization_config) cfg["quantization_config"] = *qc.quantization_config;
+  write_json_file(out / "config.json", cfg);
+  if (qc.hf_quant_config) write_json_file(out / "hf_quant_config.json", *qc.hf_quant_config);
+  for (const auto& entry : fs::directory_iterator(in)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_regular_file() || name == "config.json" || name == kIndex || shard_names.count(name)) continue;
+    fs::copy_file(entry.path(), out / name, fs::copy_options::overwrite_existing, ec);
+    MXMOE_CHECK(!ec, "cannot copy {} to {}: {}", entry.path().string(), a.out, ec.message());
+  }
+  qz.summary();
+  fmt::print("config: {}\n", qc.hf_quant_config ? "hf_quant_config.json (ModelOpt NVFP4)"
+                                                 : fmt::format("config.json quantization_config ({})",
+                                                               layout_name(qz.layout)));
+}
+
+void run_quantize(const QuantizeArgs& a) {
+  Quantizer qz(a);
+  if (fs::is_directory(a.in)) return quantize_dir(qz);
+  const SafetensorsFile f = SafetensorsFile::open(a.in);
+  qz.check_blocks(f);
+  qz.scan_pairs(f);
+  qz.header();
+  Progress progress(data_bytes(f), f.size());
+  const std::vector<NamedTensor> out = qz.file(f, progress);
+  write_tensors(a.out, out, qz.metadata(f));
+  qz.summary();
 }
 
 // ------------------------------------------------------------------------------------ dequantize
@@ -288,7 +421,8 @@ void add_quant_commands(CLI::App& app) {
   {
     auto a = std::make_shared<QuantizeArgs>();
     CLI::App* sub = app.add_subcommand(
-        "quantize", "Quantize every 2-D float '*.weight' tensor into a checkpoint layout (others copied unchanged)");
+        "quantize", "Quantize every 2-D float '*.weight' tensor into a checkpoint layout (others copied unchanged); "
+                    "a checkpoint directory becomes a new directory with the layout's quantization config");
     a->q.add_to(sub, false);
     sub->add_option("--exclude", a->exclude,
                     "Regex of weight names to keep unquantized (repeatable; added to the defaults: lm_head, "
@@ -299,8 +433,8 @@ void add_quant_commands(CLI::App& app) {
                     "rule defaults to Quark's 'even')");
     sub->add_flag("--skip-incompatible", a->skip_incompatible,
                   "Copy weights whose in-features are not a block multiple unchanged (with a warning)");
-    sub->add_option("IN", a->in, "Input .safetensors file")->required();
-    sub->add_option("OUT", a->out, "Output .safetensors file")->required();
+    sub->add_option("IN", a->in, "Input .safetensors file, or checkpoint directory (config.json + shards)")->required();
+    sub->add_option("OUT", a->out, "Output .safetensors file, or a new directory when IN is one")->required();
     sub->callback([a] { run_quantize(*a); });
   }
   {

@@ -214,6 +214,16 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
                   "--scheme {} does not match the checkpoint's {} weights (quantize-on-load needs a bf16 checkpoint)",
                   opts.scheme->name, traits(li->scheme).name);
       name = opts.scheme->name;
+    } else {
+      // A declared combination without a MoE scheme (say weight-only MXFP6): name the ones that exist.
+      std::string with;
+      bool known = false;
+      for (const auto& s : moe_schemes()) {
+        known = known || s.name == name;
+        if (s.weight_quantized && s.weight == li->scheme) with += fmt::format("{}{}", with.empty() ? "" : ", ", s.name);
+      }
+      MXMOE_CHECK(known, "{}: the checkpoint declares {} weights with activations as '{}', which no MoE scheme runs; "
+                  "choose one with --scheme (LoadOptions::scheme): {}", dir, traits(li->scheme).name, name, with);
     }
     l.scheme = &parse_moe_scheme(name);
     l.act_rule = li->rule;

@@ -6,7 +6,11 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "mxmoe/layout.hpp"
+#include "mxmoe/moe/layer.hpp"
+#include "mxmoe/moe/loader.hpp"
 #include "mxmoe/quant.hpp"
 #include "mxmoe/safetensors.hpp"
 #include "test_util.hpp"
@@ -329,6 +333,71 @@ TEST_F(CliTest, InspectGoldenDirectories) {
   EXPECT_CONTAINS(r.out, "layout: quark / mxfp4");
   EXPECT_CONTAINS(r.out, "scale rule even,");
   EXPECT_CONTAINS(r.out, "model.layers.0.mlp.experts.7.up_proj.weight_scale");
+}
+
+// A bf16 checkpoint directory (the golden ModelOpt layer dequantized, in shards with an index)
+// quantized into each layout: the output declares its layout (detect_layout, the loader), keeps the
+// shard names and the index, copies the tokenizer, and runs bit-identical to quantize-on-load of the
+// bf16 directory (gate and up share one NVFP4 tensor scale, as the loader's concatenation does).
+TEST_F(CliTest, QuantizeCheckpointDirectoryLoadsBack) {
+  MXMOE_SKIP_WITHOUT_SHARED(golden, "golden/moe_nvfp4");
+  ASSERT_EQ(run(fmt::format("dequantize --dtype bf16 '{}' '{}'", golden, path("dense.safetensors"))).rc, 0);
+  const SafetensorsFile dense = SafetensorsFile::open(path("dense.safetensors"));
+  std::vector<TensorRef> refs;
+  uint64_t bytes = 0;
+  for (const auto& t : dense.tensors()) refs.push_back({t.name, t.dtype, t.shape, dense.bytes(t)}), bytes += t.nbytes();
+  const size_t shards = write_sharded(path("bf16"), refs, bytes / 3 + 1).size();
+  ASSERT_GE(shards, 2u);
+  nlohmann::json cfg = nlohmann::json::parse(slurp(fs::path(golden) / "config.json"));
+  cfg.erase("quantization_config");
+  std::ofstream(path("bf16/config.json")) << cfg.dump(2);
+  std::ofstream(path("bf16/tokenizer.json")) << "{}";
+  const Tensor x = SafetensorsFile::open((fs::path(golden) / "io.safetensors").string()).load("hidden_states");
+  moe::MoeOptions o;
+  o.backend = moe::Backend::Cpu;
+
+  struct Case {
+    const char *scheme, *layout, *moe_scheme, *config;
+  };
+  for (const Case& c : {Case{"nvfp4", "modelopt", "w_nvfp4_a16", "hf_quant_config.json"},
+                        Case{"nvfp4", "compressed-tensors", "w_nvfp4_a16", "config.json"},
+                        Case{"mxfp4", "quark", "w_mxfp4", "config.json"},
+                        Case{"mxfp6_e2m3", "quark", "w_mxfp6_e2m3_a_mxfp6_e2m3", "config.json"}}) {
+    const std::string out = path(fmt::format("{}-{}", c.scheme, c.layout));
+    const RunResult r = run(fmt::format("quantize --scheme {} --layout {} '{}' '{}'", c.scheme, c.layout,
+                                        path("bf16"), out));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_CONTAINS(r.out, "24 linear weights quantized");
+    EXPECT_CONTAINS(r.out, "1 excluded weights");
+    EXPECT_TRUE(fs::exists(fs::path(out) / "tokenizer.json")) << out;
+    const std::string cfg_text = slurp(fs::path(out) / c.config);
+    EXPECT_CONTAINS(cfg_text, "model.layers.0.mlp.gate");  // the router, kept unquantized, named as excluded
+    const Checkpoint ck = Checkpoint::open(out);
+    EXPECT_EQ(ck.files().size(), shards) << out;
+    EXPECT_TRUE(ck.contains("model.layers.0.mlp.experts.7.down_proj.weight_scale")) << out;
+
+    // Weight-only MXFP6 has no MoE scheme: the loader says so and names the choices.
+    const bool mx6 = std::string(c.scheme) == "mxfp6_e2m3";
+    if (mx6) test::expect_error([&] { moe::load_moe_layer(out, 0); }, "no MoE scheme runs");
+    moe::LoadOptions lo;
+    lo.scheme = &moe::parse_moe_scheme(c.moe_scheme);
+    const moe::MoeLayer q = mx6 ? moe::load_moe_layer(out, 0, lo) : moe::load_moe_layer(out, 0);
+    EXPECT_EQ(std::string(q.scheme->name), c.moe_scheme) << out;
+    const moe::MoeLayer onload = moe::load_moe_layer(path("bf16"), 0, lo);
+    const Tensor y = moe::run_moe(q, x, o).out, want = moe::run_moe(onload, x, o).out;
+    EXPECT_EQ(test::count_bit_mismatches(y, want, out), 0);
+  }
+
+  // Refusals: an output directory that is not empty, an input that is quantized already.
+  RunResult r = run(fmt::format("quantize --scheme nvfp4 '{}' '{}'", path("bf16"), path("nvfp4-modelopt")));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_CONTAINS(r.err, "exists and is not empty");
+  r = run(fmt::format("quantize --scheme nvfp4 '{}' '{}'", golden, path("again")));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_CONTAINS(r.err, "is already quantized");
+  r = run(fmt::format("quantize --scheme mxfp4 --layout quark --rounding away '{}' '{}'", path("bf16"), path("away")));
+  EXPECT_NE(r.rc, 0);
+  EXPECT_CONTAINS(r.err, "round_method half_even");
 }
 
 TEST_F(CliTest, CompareSyntheticAndFile) {
