@@ -6,7 +6,7 @@
 # A variant is a folder ab/<name>/ holding replacement files at their repository paths (for example
 # ab/quarter/src/moe/cuda/sm90_fp4_gemv.cuh, taken with `git show branch:path`); leave ab/ untracked
 # (it travels to the device; do not commit it). "base" is the tree as it is. name@VAR=value runs a
-# variant with an environment variable set (no rebuild if only that differs).
+# variant with an environment variable set, name@A=1,B=2 with several (no rebuild if only those differ).
 #   run: VARIANTS="base quarter quarter@MXMOE_CUDA_GEMV_DEPTH=3 base" \
 #        BENCH_ARGS="--schemes w_nvfp4_a_nvfp4 --tokens 1,8,64 --modes vllm" bash scripts/device/ab.sh
 #        (carry: [".devdeps"]; ab_prepare.sh fills ab/<name> from a branch, here before the call);
@@ -38,7 +38,7 @@ restore() {  # copies only what differs: a copy renews the file's time, and ninj
 tested=""  # variant folders whose tests ran (once per folder, with the first spec that names it)
 for spec in ${VARIANTS:-base}; do
   name=${spec%%@*}
-  envset=""; [ "$spec" != "$name" ] && envset=${spec#*@}
+  envset=""; [ "$spec" != "$name" ] && envset=${spec#*@} && envset=${envset//,/ }
   restore
   if [ "$name" != base ]; then
     [ -d "ab/$name" ] || { echo "=== $spec: no folder ab/$name"; continue; }
