@@ -139,6 +139,10 @@ std::vector<std::string> write_sharded(const std::string& dir, const std::vector
                                        const std::map<std::string, std::string>& metadata = {
                                            {"format", "pt"}});
 
+// A JSON file of a checkpoint (config.json, hf_quant_config.json): parsed strictly (duplicate keys and
+// nesting deeper than 64 levels rejected); errors name the file.
+nlohmann::json read_json_file(const std::string& path);
+
 namespace detail {
 // Parses JSON text, rejecting duplicate object keys and nesting deeper than max_depth; errors are
 // prefixed with `what` (e.g. "safetensors file 'x'"). Shared by the file and index readers.

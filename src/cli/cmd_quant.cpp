@@ -259,16 +259,6 @@ void write_tensors(const std::string& path, const std::vector<NamedTensor>& out,
   write_safetensors(path, refs, meta);
 }
 
-nlohmann::json read_json_file(const fs::path& p) {
-  std::ifstream in(p);
-  MXMOE_CHECK(in, "cannot open '{}'", p.string());
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    MXMOE_THROW("{}: not valid JSON ({})", p.string(), e.what());
-  }
-}
-
 void write_json_file(const fs::path& p, const nlohmann::json& j) {
   std::ofstream out(p);
   MXMOE_CHECK(out << j.dump(2) << "\n", "cannot write '{}'", p.string());
@@ -281,7 +271,7 @@ void quantize_dir(Quantizer& qz) {
   const QuantizeArgs& a = qz.a;
   const fs::path in(a.in), out(a.out);
   MXMOE_CHECK(fs::exists(in / "config.json"), "{}: a checkpoint directory needs config.json", a.in);
-  nlohmann::json cfg = read_json_file(in / "config.json");
+  nlohmann::json cfg = read_json_file((in / "config.json").string());
   MXMOE_CHECK(cfg.is_object() && !cfg.contains("quantization_config") && !fs::exists(in / "hf_quant_config.json"),
               "{} is already quantized (it declares a quantization config); quantize reads an unquantized "
               "(bf16 / f16 / f32) checkpoint", a.in);

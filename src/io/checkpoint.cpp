@@ -42,6 +42,10 @@ void check_shard_name(const std::string& shard, const std::string& what, const s
 
 }  // namespace
 
+json read_json_file(const std::string& path) {
+  return detail::parse_json_strict(read_text_file(path), fmt::format("'{}'", path), 64);
+}
+
 Checkpoint Checkpoint::open(const std::string& path_or_dir) {
   std::error_code ec;
   const fs::path root(path_or_dir);

@@ -4,12 +4,10 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "mxmoe/error.hpp"
 
@@ -481,11 +479,7 @@ namespace {
 std::optional<json> read_json_if_exists(const fs::path& p) {
   std::error_code ec;
   if (!fs::exists(p, ec)) return std::nullopt;
-  std::ifstream in(p, std::ios::binary);
-  MXMOE_CHECK(in, "cannot open '{}' for reading", p.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return detail::parse_json_strict(ss.str(), fmt::format("'{}'", p.string()), 64);
+  return read_json_file(p.string());
 }
 }  // namespace
 

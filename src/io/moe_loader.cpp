@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "mxmoe/error.hpp"
@@ -16,16 +15,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-json read_json(const fs::path& p) {
-  std::ifstream f(p);
-  MXMOE_CHECK(f, "cannot open {}", p.string());
-  try {
-    return json::parse(f);
-  } catch (const json::exception& e) {
-    MXMOE_THROW("{}: invalid JSON: {}", p.string(), e.what());
-  }
-}
 
 template <class T>
 T cfg_get(const json& c, std::initializer_list<const char*> keys, const char* what) {
@@ -104,7 +93,7 @@ std::string quark_moe_scheme(const json& cfg, Scheme w) {
 MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& opts) {
   const fs::path d(dir);
   MXMOE_CHECK(fs::is_directory(d), "{} is not a checkpoint directory (expected config.json + safetensors)", dir);
-  const json cfg = read_json(d / "config.json");
+  const json cfg = read_json_file((d / "config.json").string());
   const std::string model_type = cfg.value("model_type", "");
   const ArchNames names = arch_names(model_type, layer);
   const int n_layers = cfg_get<int>(cfg, {"num_hidden_layers"}, "num_hidden_layers");
@@ -235,7 +224,7 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
 }
 
 std::string describe_checkpoint(const std::string& dir) {
-  const json cfg = read_json(fs::path(dir) / "config.json");
+  const json cfg = read_json_file((fs::path(dir) / "config.json").string());
   std::string q = "bf16";
   try {
     q = describe(detect_checkpoint_layout(dir));

@@ -34,15 +34,18 @@ constexpr int kScalesPerChunk = 128 / kBlock;
 
 VLK_INLINE __m512 dp(__m512 acc, __m512i w, __m512i a) { return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)a); }
 
+// Multipliers the table holds (others, and NaN, get NaN rows): in range, every product with a packed
+// activation ([2^-64, 2^64]) is a normal float32, which vdpbf16ps and vcvtneps2bf16 handle exactly.
+bool in_table_range(float m) { return m == 0.0f || (m >= 0x1p-35f && m <= 0x1p33f); }
+
 VLK_TARGET void fill_rows(float gs, Nvfp4VllmTable* t) {
   const __m512 e2m1 = _mm512_loadu_ps(decode_table(Encoding::E2M1));
   const float* st = decode_table(Encoding::UE4M3);
   for (int s = 0; s < 256; ++s) {
     const float m = st[s] / gs;
     __m256i row = _mm256_set1_epi16(0x7fc0);  // bf16 NaN: the row's outputs are recomputed
-    // In range, every product with a packed activation ([2^-64, 2^64]) is a normal float32 and
-    // vcvtneps2bf16 rounds to nearest even exactly as f32_to_bf16 (it would flush denormals).
-    if (m == 0.0f || (m >= 0x1p-35f && m <= 0x1p33f))
+    // vcvtneps2bf16 rounds to nearest even exactly as f32_to_bf16 on normal inputs.
+    if (in_table_range(m))
       row = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(e2m1, _mm512_set1_ps(m)));
     _mm256_store_si256(reinterpret_cast<__m256i*>(t->w[s]), row);
   }
@@ -190,8 +193,7 @@ void nvfp4_vllm_table(float gs, Nvfp4VllmTable* t) {
   const float* st = decode_table(Encoding::UE4M3);
   for (int s = 0; s < 256; ++s) {
     const float m = st[s] / gs;
-    const bool in_range = m == 0.0f || (m >= 0x1p-35f && m <= 0x1p33f);
-    for (int i = 0; i < 16; ++i) t->w[s][i] = in_range ? f32_to_bf16(e2m1[i] * m) : uint16_t(0x7fc0);
+    for (int i = 0; i < 16; ++i) t->w[s][i] = in_table_range(m) ? f32_to_bf16(e2m1[i] * m) : uint16_t(0x7fc0);
   }
 }
 
