@@ -38,6 +38,8 @@ std::string_view layout_name(Layout l);
 bool layout_supports(Layout l, Scheme s);
 // The default layout for a scheme: modelopt for nvfp4, quark for MX.
 Layout default_layout(Scheme s);
+// Quark's weight dtype name of an MX scheme ("fp4", "fp6_e3m2", ...); throws for the others.
+std::string_view quark_dtype_name(Scheme s);
 
 struct NamedTensor {
   std::string name;

@@ -139,9 +139,14 @@ std::vector<std::string> write_sharded(const std::string& dir, const std::vector
                                        const std::map<std::string, std::string>& metadata = {
                                            {"format", "pt"}});
 
+// model.safetensors.index.json in `dir`: weight_map (tensor name -> shard file) and metadata.total_size.
+void write_sharded_index(const std::string& dir, const std::map<std::string, std::string>& weight_map,
+                         uint64_t total_size);
+
 // A JSON file of a checkpoint (config.json, hf_quant_config.json): parsed strictly (duplicate keys and
-// nesting deeper than 64 levels rejected); errors name the file.
+// nesting deeper than 64 levels rejected); errors name the file. Written indented, atomically.
 nlohmann::json read_json_file(const std::string& path);
+void write_json_file(const std::string& path, const nlohmann::json& j);
 
 namespace detail {
 // Parses JSON text, rejecting duplicate object keys and nesting deeper than max_depth; errors are

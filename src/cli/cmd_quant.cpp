@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <map>
@@ -259,11 +258,6 @@ void write_tensors(const std::string& path, const std::vector<NamedTensor>& out,
   write_safetensors(path, refs, meta);
 }
 
-void write_json_file(const fs::path& p, const nlohmann::json& j) {
-  std::ofstream out(p);
-  MXMOE_CHECK(out << j.dump(2) << "\n", "cannot write '{}'", p.string());
-}
-
 // A checkpoint directory (config.json + shards) -> a quantized one: each shard under its own name, the
 // index's weight_map renamed, config.json with the layout's quantization_config (or ModelOpt's
 // hf_quant_config.json), every other top-level file (tokenizer, generation config) copied.
@@ -276,9 +270,9 @@ void quantize_dir(Quantizer& qz) {
               "{} is already quantized (it declares a quantization config); quantize reads an unquantized "
               "(bf16 / f16 / f32) checkpoint", a.in);
   std::error_code ec;
+  // (The input holds config.json, so this also refuses OUT = IN.)
   MXMOE_CHECK(!fs::exists(out) || (fs::is_directory(out) && fs::is_empty(out)),
               "output directory {} exists and is not empty (quantize writes a new checkpoint directory)", a.out);
-  MXMOE_CHECK(!fs::exists(out) || !fs::equivalent(in, out, ec), "output directory {} is the input", a.out);
   const Checkpoint ck = Checkpoint::open(a.in);
   for (const auto& f : ck.files()) qz.check_blocks(f), qz.scan_pairs(f);
   uint64_t bytes = 0;
@@ -287,7 +281,7 @@ void quantize_dir(Quantizer& qz) {
   MXMOE_CHECK(!ec, "cannot create directory {}: {}", a.out, ec.message());
   qz.header();
   Progress progress(bytes, ck.size());
-  nlohmann::json weight_map = nlohmann::json::object();
+  std::map<std::string, std::string> weight_map;
   uint64_t total = 0;
   std::set<std::string> shard_names;
   for (const auto& f : ck.files()) {
@@ -298,13 +292,12 @@ void quantize_dir(Quantizer& qz) {
     for (const auto& nt : tensors) weight_map[nt.name] = name, total += nt.tensor.data.size();
   }
   constexpr const char* kIndex = "model.safetensors.index.json";
-  if (ck.files().size() > 1 || fs::exists(in / kIndex))
-    write_json_file(out / kIndex, {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
+  if (ck.files().size() > 1 || fs::exists(in / kIndex)) write_sharded_index(a.out, weight_map, total);
   std::sort(qz.kept.begin(), qz.kept.end());
   const QuantConfigFiles qc = quant_config(qz.layout, qz.base, qz.kept);
   if (qc.quantization_config) cfg["quantization_config"] = *qc.quantization_config;
-  write_json_file(out / "config.json", cfg);
-  if (qc.hf_quant_config) write_json_file(out / "hf_quant_config.json", *qc.hf_quant_config);
+  write_json_file((out / "config.json").string(), cfg);
+  if (qc.hf_quant_config) write_json_file((out / "hf_quant_config.json").string(), *qc.hf_quant_config);
   for (const auto& entry : fs::directory_iterator(in)) {
     const std::string name = entry.path().filename().string();
     if (!entry.is_regular_file() || name == "config.json" || name == kIndex || shard_names.count(name)) continue;

@@ -46,6 +46,17 @@ json read_json_file(const std::string& path) {
   return detail::parse_json_strict(read_text_file(path), fmt::format("'{}'", path), 64);
 }
 
+void write_json_file(const std::string& path, const json& j) {
+  const std::string text = j.dump(2) + "\n";
+  detail::write_file_atomic(path, {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
+}
+
+void write_sharded_index(const std::string& dir, const std::map<std::string, std::string>& weight_map,
+                         uint64_t total_size) {
+  write_json_file((fs::path(dir) / kIndexName).string(),
+                  {{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}});
+}
+
 Checkpoint Checkpoint::open(const std::string& path_or_dir) {
   std::error_code ec;
   const fs::path root(path_or_dir);
@@ -168,17 +179,14 @@ std::vector<std::string> write_sharded(const std::string& dir, const std::vector
 
   const size_t count = shards.size();
   std::vector<std::string> names;
-  json weight_map = json::object();
+  std::map<std::string, std::string> weight_map;
   for (size_t i = 0; i < count; ++i) {
     const std::string file = fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, count);
     write_safetensors((fs::path(dir) / file).string(), shards[i], metadata);
     for (const TensorRef& t : shards[i]) weight_map[t.name] = file;
     names.push_back(file);
   }
-  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", std::move(weight_map)}};
-  const std::string text = index.dump(2) + "\n";
-  detail::write_file_atomic((fs::path(dir) / kIndexName).string(),
-                            {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())});
+  write_sharded_index(dir, weight_map, total);
   return names;
 }
 

@@ -76,13 +76,17 @@ void check_positive(const TensorLookup& src, const std::string& name, float v) {
               v);
 }
 
+struct QuarkDtype {
+  std::string_view name;
+  Scheme scheme;
+};
+constexpr QuarkDtype kQuarkDtypes[] = {{"fp4", Scheme::MXFP4},           {"fp6_e3m2", Scheme::MXFP6_E3M2},
+                                       {"fp6_e2m3", Scheme::MXFP6_E2M3}, {"fp8_e4m3", Scheme::MXFP8_E4M3},
+                                       {"fp8_e5m2", Scheme::MXFP8_E5M2}, {"int8", Scheme::MXINT8}};
+
 std::optional<Scheme> quark_scheme_of(std::string_view dtype) {
-  if (dtype == "fp4") return Scheme::MXFP4;
-  if (dtype == "fp6_e3m2") return Scheme::MXFP6_E3M2;
-  if (dtype == "fp6_e2m3") return Scheme::MXFP6_E2M3;
-  if (dtype == "fp8_e4m3") return Scheme::MXFP8_E4M3;
-  if (dtype == "fp8_e5m2") return Scheme::MXFP8_E5M2;
-  if (dtype == "int8") return Scheme::MXINT8;
+  for (const auto& d : kQuarkDtypes)
+    if (d.name == dtype) return d.scheme;
   return std::nullopt;
 }
 
@@ -152,6 +156,12 @@ LayoutInfo detect_quark(const json& qc) {
 }
 
 }  // namespace
+
+std::string_view quark_dtype_name(Scheme s) {
+  for (const auto& d : kQuarkDtypes)
+    if (d.scheme == s) return d.name;
+  MXMOE_THROW("the quark layout cannot hold {}", traits(s).name);
+}
 
 // ---------------------------------------------------------------------------------------------------
 Layout parse_layout(std::string_view name) {

@@ -11,22 +11,6 @@ namespace mxmoe {
 
 using json = nlohmann::json;
 
-namespace {
-
-std::string_view quark_dtype(Scheme s) {
-  switch (s) {
-    case Scheme::MXFP4: return "fp4";
-    case Scheme::MXFP6_E3M2: return "fp6_e3m2";
-    case Scheme::MXFP6_E2M3: return "fp6_e2m3";
-    case Scheme::MXFP8_E4M3: return "fp8_e4m3";
-    case Scheme::MXFP8_E5M2: return "fp8_e5m2";
-    case Scheme::MXINT8: return "int8";
-    default: MXMOE_THROW("the quark layout cannot hold {}", traits(s).name);
-  }
-}
-
-}  // namespace
-
 QuantConfigFiles quant_config(Layout layout, const QuantParams& p, const std::vector<std::string>& excluded) {
   MXMOE_CHECK(layout_supports(layout, p.scheme), "the {} layout cannot hold {}", layout_name(layout),
               traits(p.scheme).name);
@@ -64,7 +48,7 @@ QuantConfigFiles quant_config(Layout layout, const QuantParams& p, const std::ve
       // detect_layout reads half_even only; the element rounding 'away' has no Quark name.
       MXMOE_CHECK(p.rounding == Rounding::RNE,
                   "the quark layout declares round_method half_even; quantize with --rounding rne for it");
-      const json weight = {{"dtype", quark_dtype(p.scheme)},
+      const json weight = {{"dtype", quark_dtype_name(p.scheme)},
                            {"is_dynamic", false},
                            {"qscheme", "per_group"},
                            {"ch_axis", -1},
