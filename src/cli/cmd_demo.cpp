@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.hpp"
@@ -84,10 +83,10 @@ void write_checkpoint(const std::string& dir, const MoeLayer& dense, const Tenso
                         {"hidden_size", H}, {"moe_intermediate_size", I}, {"num_experts", dense.num_experts},
                         {"num_experts_per_tok", dense.router.top_k}, {"norm_topk_prob", true},
                         {"num_hidden_layers", 1}, {"hidden_act", "silu"}, {"torch_dtype", "bfloat16"}};
-  std::ofstream(dir + "/config.json") << cfg.dump(2) << "\n";
+  write_json_file(dir + "/config.json", cfg);
   nlohmann::json hq = {{"producer", {{"name", "modelopt"}, {"version", "mxmoe-demo"}}},
                        {"quantization", {{"quant_algo", "NVFP4"}, {"group_size", 16}, {"exclude_modules", {"lm_head", "model.layers.*.mlp.gate"}}}}};
-  std::ofstream(dir + "/hf_quant_config.json") << hq.dump(2) << "\n";
+  write_json_file(dir + "/hf_quant_config.json", hq);
 }
 
 struct DemoArgs {
