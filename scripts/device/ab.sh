@@ -13,7 +13,8 @@
 #        SASS='pattern ...' also keeps the SASS of matching kernels per variant in $OUT/<name>.sass
 #        (mangled-name substrings, as in sass.sh; $OUT returns at most 8 files);
 #        TEST_FILTER='*Fused*:...' also runs those device tests on every variant folder but base, once, with
-#        the first spec that names it (MXMOE_TEST_QUICK=1, under compute-sanitizer memcheck with MEMCHECK=1),
+#        the first spec that names it (MXMOE_TEST_QUICK=1, under compute-sanitizer memcheck with MEMCHECK=1,
+#        racecheck with RACECHECK=1),
 #        so a variant that wins can land tested (TEST_VARIANTS='a b' limits that to those folders, and
 #        may name base: a change under test in the tree itself, switched off by an environment variable);
 #        each bench and test run is cut at STEP_TIMEOUT seconds (default 240).
@@ -62,10 +63,11 @@ for spec in ${VARIANTS:-base}; do
     run_tests() { timeout "${STEP_TIMEOUT:-240}" env $envset MXMOE_TEST_QUICK=1 "$@" "$T" --gtest_filter="$TEST_FILTER" --gtest_brief=1 2>&1; }
     run_tests > "$OUT/test-$name.log"; echo "tests: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/test-$name.log" | tr '\n' ' ')"
     grep -E "Failure|FAILED" "$OUT/test-$name.log" | head -10
-    if [ "${MEMCHECK:-0}" = 1 ]; then
-      run_tests compute-sanitizer --tool memcheck > "$OUT/memcheck-$name.log"
-      echo "memcheck: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck-$name.log" | tail -1)"
-    fi
+    for tool in memcheck racecheck; do
+      flag=${tool^^}; [ "${!flag:-0}" = 1 ] || continue
+      run_tests compute-sanitizer --tool "$tool" > "$OUT/$tool-$name.log"
+      echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool-$name.log" | tail -1)"
+    done
   fi
 done
 restore
