@@ -200,7 +200,7 @@ TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {
 }
 
 // The GEMV kernel (sm90_fp4_moe_gemv.cu), the tiled kernel and the 128 x 128 kernel
-// (sm80_moe_gemm_tile128.cu) on the same inputs, each against the CPU ref, and against the tiled
+// (sm80_moe_gemm_tile128.cuh) on the same inputs, each against the CPU ref, and against the tiled
 // kernel, at token counts where the heuristic would pick another one (tiles of 8 tokens over crowded
 // experts; K % 128 != 0 in the wider layer; 300 tokens over 6 experts fill 128-token tiles). All feed the
 // tensor cores the same bf16 operands (the GEMV kernel's scale tables hold the tiled kernel's

@@ -35,7 +35,7 @@ inline GemmPath& gemm_path_override() {
 constexpr double kGemvMaxAvgRows = 8.0;
 constexpr int kGemvMaxSmem = 160 * 1024;
 
-// From this many rows per expert on average, the 128 x 128 shared-memory kernel (sm80_moe_gemm_tile128.cu);
+// From this many rows per expert on average, the 128 x 128 shared-memory kernel (sm80_moe_gemm_tile128.cuh);
 // measured on the H200 (bench/RESULTS.md, "v5"): level with the tiled kernel at 16, ahead from 32 on.
 constexpr double kTile128MinAvgRows = 16.0;
 

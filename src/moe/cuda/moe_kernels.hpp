@@ -135,7 +135,7 @@ struct GemmArgs {
 };
 cudaError_t grouped_gemm(const GemmArgs& a, cudaStream_t s);
 
-// The many-tokens grouped GEMM (sm80_moe_gemm_tile128.cu): CTA tile 128 weight rows x 128 tokens from
+// The many-tokens grouped GEMM (sm80_moe_gemm_tile128.cuh): CTA tile 128 weight rows x 128 tokens from
 // shared memory; tiles of at most 128 tokens (nt = 16), bf16 B rows (b16); the same operands and epilogue.
 cudaError_t grouped_gemm_tile128(const GemmArgs& a, cudaStream_t s);
 

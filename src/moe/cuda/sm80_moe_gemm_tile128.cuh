@@ -26,6 +26,10 @@
 // instructions that made the loop issue-bound leave the SMs' instruction stream. The products are issued
 // before the next chunk's decode and waited for after it. What bounds it now is each warp's own chain of
 // ~350 instructions per chunk between barriers (decode, copies, descriptors; RESULTS.md v7).
+//
+// Instantiated per weight kind in three translation units that compile in parallel:
+// sm80_moe_gemm_tile128_fp4.cu (NVFP4, MXFP4, and the dispatch), _fp6.cu (MXFP6), _fp8_bf16.cu (MXFP8, BF16).
+#pragma once
 #include <type_traits>
 
 #include "moe/cuda/moe_act_quant.cuh"
@@ -35,7 +39,6 @@
 
 namespace mxmoe::moe::cuda {
 namespace tile128 {
-namespace {
 
 using gemm::Raw;
 constexpr int kBN = 128, kKc = 64, kThreads = 256;
@@ -285,25 +288,9 @@ cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
 }
 
 template <WKind W>
-cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
+cudaError_t launch_kind(const GemmArgs& a, cudaStream_t s) {
   return a.act >= 0 ? launch<W, true>(a, s) : launch<W, false>(a, s);
 }
 
-}  // namespace
 }  // namespace tile128
-
-cudaError_t grouped_gemm_tile128(const GemmArgs& a, cudaStream_t s) {
-  if (a.max_tiles == 0) return cudaSuccess;
-  if (a.b16 == nullptr || a.b32 != nullptr || a.nt != 16 || a.b_terms < 1) return cudaErrorInvalidValue;
-  switch (a.wk) {
-    case WKind::NVFP4: return tile128::launch<WKind::NVFP4>(a, s);
-    case WKind::MXFP4: return tile128::launch<WKind::MXFP4>(a, s);
-    case WKind::MXFP6_E2M3: return tile128::launch<WKind::MXFP6_E2M3>(a, s);
-    case WKind::MXFP6_E3M2: return tile128::launch<WKind::MXFP6_E3M2>(a, s);
-    case WKind::MXFP8_E4M3: return tile128::launch<WKind::MXFP8_E4M3>(a, s);
-    case WKind::BF16: return tile128::launch<WKind::BF16>(a, s);
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace mxmoe::moe::cuda
