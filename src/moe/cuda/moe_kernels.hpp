@@ -4,11 +4,27 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace mxmoe::moe::cuda {
 
 // How the expert weights are stored on the device (one value per projection kind).
 enum class WKind : uint8_t { NVFP4, MXFP4, MXFP6_E2M3, MXFP6_E3M2, MXFP8_E4M3, BF16 };
+
+// f(std::integral_constant<WKind, wk>{}): a launcher templated on the weight kind, picked at run time.
+template <class F>
+cudaError_t visit_wkind(WKind wk, F&& f) {
+  using W = WKind;
+  switch (wk) {
+    case W::NVFP4: return f(std::integral_constant<W, W::NVFP4>{});
+    case W::MXFP4: return f(std::integral_constant<W, W::MXFP4>{});
+    case W::MXFP6_E2M3: return f(std::integral_constant<W, W::MXFP6_E2M3>{});
+    case W::MXFP6_E3M2: return f(std::integral_constant<W, W::MXFP6_E3M2>{});
+    case W::MXFP8_E4M3: return f(std::integral_constant<W, W::MXFP8_E4M3>{});
+    case W::BF16: return f(std::integral_constant<W, W::BF16>{});
+  }
+  return cudaErrorInvalidValue;
+}
 
 // How a GEMM input is quantized (docs/numerics.md): the values written are element * block scale
 // (exact mode) or the qdq result rounded to bf16 (vllm mode), always bf16-representable.

@@ -12,15 +12,7 @@ extern template cudaError_t launch<WKind::BF16>(const GemmArgs&, cudaStream_t);
 }  // namespace gemm
 
 cudaError_t grouped_gemm(const GemmArgs& a, cudaStream_t s) {
-  switch (a.wk) {
-    case WKind::NVFP4: return gemm::launch<WKind::NVFP4>(a, s);
-    case WKind::MXFP4: return gemm::launch<WKind::MXFP4>(a, s);
-    case WKind::MXFP6_E2M3: return gemm::launch<WKind::MXFP6_E2M3>(a, s);
-    case WKind::MXFP6_E3M2: return gemm::launch<WKind::MXFP6_E3M2>(a, s);
-    case WKind::MXFP8_E4M3: return gemm::launch<WKind::MXFP8_E4M3>(a, s);
-    case WKind::BF16: return gemm::launch<WKind::BF16>(a, s);
-  }
-  return cudaErrorInvalidValue;
+  return visit_wkind(a.wk, [&](auto w) { return gemm::launch<decltype(w)::value>(a, s); });
 }
 
 }  // namespace mxmoe::moe::cuda

@@ -14,15 +14,7 @@ extern template cudaError_t launch_kind<WKind::BF16>(const GemmArgs&, cudaStream
 cudaError_t grouped_gemm_tile128(const GemmArgs& a, cudaStream_t s) {
   if (a.max_tiles == 0) return cudaSuccess;
   if (a.b16 == nullptr || a.b32 != nullptr || a.nt != 16 || a.b_terms < 1) return cudaErrorInvalidValue;
-  switch (a.wk) {
-    case WKind::NVFP4: return tile128::launch_kind<WKind::NVFP4>(a, s);
-    case WKind::MXFP4: return tile128::launch_kind<WKind::MXFP4>(a, s);
-    case WKind::MXFP6_E2M3: return tile128::launch_kind<WKind::MXFP6_E2M3>(a, s);
-    case WKind::MXFP6_E3M2: return tile128::launch_kind<WKind::MXFP6_E3M2>(a, s);
-    case WKind::MXFP8_E4M3: return tile128::launch_kind<WKind::MXFP8_E4M3>(a, s);
-    case WKind::BF16: return tile128::launch_kind<WKind::BF16>(a, s);
-  }
-  return cudaErrorInvalidValue;
+  return visit_wkind(a.wk, [&](auto w) { return tile128::launch_kind<decltype(w)::value>(a, s); });
 }
 
 }  // namespace mxmoe::moe::cuda
