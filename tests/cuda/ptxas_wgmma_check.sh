@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fails when ptxas serializes the wgmma of a kernel (its "Potential Performance Loss" notes, C7510-C7520):
 # such a kernel is correct, only several times slower, so no functional test sees it (RESULTS.md v14).
-# Checks every CUDA source under src/ that issues wgmma (itself or through a header it includes), built
+# Checks every CUDA source under src/ that issues wgmma (itself or through headers it includes), built
 # for sm_90a with the library's own flags (CMake passes them, so the check sees the code the build makes).
 #   usage: ptxas_wgmma_check.sh NVCC REPO_ROOT [NVCC FLAGS...]
 set -uo pipefail
@@ -10,9 +10,17 @@ shift 2
 flags=("$@")
 [ ${#flags[@]} -gt 0 ] || flags=(-std=c++20 -O3 --expt-relaxed-constexpr)
 status=0
-# Sources that issue wgmma themselves or include a header that does (kernels instantiated per TU).
-srcs=$(cd "$root" && { grep -l "wgmma_" src/*/cuda/*.cu
-  for h in $(grep -l "wgmma_" src/*/cuda/*.cuh); do grep -l "#include \"${h#src/}\"" src/*/cuda/*.cu; done; } | sort -u)
+# Sources that issue wgmma themselves or include, at any depth, a header that does (kernels are
+# instantiated per TU). The headers are closed over includes first: one that includes such a header counts.
+including() { for h in "$@"; do grep -l "#include \"${h#src/}\"" src/*/cuda/*.cu*; done; }
+srcs=$(cd "$root" && {
+  hdrs=$(grep -l "wgmma_" src/*/cuda/*.cuh | sort -u)
+  while :; do
+    next=$(printf '%s\n' $hdrs $(including $hdrs | grep '\.cuh$') | sort -u)
+    [ "$next" = "$hdrs" ] && break
+    hdrs=$next
+  done
+  grep -l "wgmma_" src/*/cuda/*.cu; including $hdrs | grep '\.cu$'; } | sort -u)
 [ -n "$srcs" ] || { echo "no CUDA source under $root/src issues wgmma"; exit 1; }
 for src in $srcs; do
   log=$("$nvcc" "${flags[@]}" -arch=sm_90a -I"$root/include" -I"$root/src" \

@@ -61,21 +61,12 @@ __global__ void __launch_bounds__(256) finalize_kernel(const FinalizeArgs a) {
 
 cudaError_t quant_rows(const QuantRowsArgs& a, cudaStream_t s) {
   if (a.rows == 0) return cudaSuccess;
-  auto go = [&](auto q) {
+  return visit_aq(a.aq, [&](auto q) {
     constexpr AQ Q = decltype(q)::value;
     const int64_t n = a.rows * (a.K / QTraits<Q>::block);
     quant_kernel<Q><<<unsigned((n + 255) / 256), 256, 0, s>>>(a);
     return cudaGetLastError();
-  };
-  switch (a.aq) {
-    case AQ::None: return go(std::integral_constant<AQ, AQ::None>{});
-    case AQ::NVFP4: return go(std::integral_constant<AQ, AQ::NVFP4>{});
-    case AQ::MXFP4: return go(std::integral_constant<AQ, AQ::MXFP4>{});
-    case AQ::MXFP6_E2M3: return go(std::integral_constant<AQ, AQ::MXFP6_E2M3>{});
-    case AQ::MXFP6_E3M2: return go(std::integral_constant<AQ, AQ::MXFP6_E3M2>{});
-    case AQ::FP8: return go(std::integral_constant<AQ, AQ::FP8>{});
-  }
-  return cudaErrorInvalidValue;
+  });
 }
 
 cudaError_t split_bf16x3(const float* x, int64_t n, uint16_t* y, cudaStream_t s) {

@@ -5,6 +5,8 @@
 // bf16(q * scale) (vllm); a16 bf16(x). Same float32 operation order as mxmoe::ref / src/quant/cuda
 // (codec.cuh).
 #pragma once
+#include <type_traits>
+
 #include "moe/cuda/moe_device.cuh"
 
 namespace mxmoe::moe::cuda {
@@ -14,6 +16,22 @@ namespace mxmoe::moe::cuda {
 constexpr bool aq_blocked(AQ q) { return q == AQ::NVFP4 || q == AQ::MXFP4 || q == AQ::MXFP6_E2M3 || q == AQ::MXFP6_E3M2; }
 constexpr Scheme aq_scheme(AQ q) {
   return q == AQ::NVFP4 ? Scheme::NVFP4 : q == AQ::MXFP6_E2M3 ? Scheme::MXFP6_E2M3 : q == AQ::MXFP6_E3M2 ? Scheme::MXFP6_E3M2 : Scheme::MXFP4;
+}
+
+// The run-time activation kind as a compile-time one: f(std::integral_constant<AQ, Q>{}) for q's Q. Shared
+// by the host launchers and device code (tile128's epilogue), like visit_wkind for the weights. AQ only ever
+// holds its listed values (cuda_moe.cpp maps the scheme), so None also takes the place of a default.
+template <class F>
+__host__ __device__ __forceinline__ decltype(auto) visit_aq(AQ q, F&& f) {
+  switch (q) {
+    case AQ::NVFP4: return f(std::integral_constant<AQ, AQ::NVFP4>{});
+    case AQ::MXFP4: return f(std::integral_constant<AQ, AQ::MXFP4>{});
+    case AQ::MXFP6_E2M3: return f(std::integral_constant<AQ, AQ::MXFP6_E2M3>{});
+    case AQ::MXFP6_E3M2: return f(std::integral_constant<AQ, AQ::MXFP6_E3M2>{});
+    case AQ::FP8: return f(std::integral_constant<AQ, AQ::FP8>{});
+    case AQ::None: break;
+  }
+  return f(std::integral_constant<AQ, AQ::None>{});
 }
 
 template <AQ Q>

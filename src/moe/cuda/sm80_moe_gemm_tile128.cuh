@@ -89,14 +89,7 @@ __device__ __forceinline__ void quant_staged_q(const GemmArgs& a, int e, const f
 }
 
 __device__ __forceinline__ void quant_staged(const GemmArgs& a, int e, const float* st, int n, int64_t p0, int cols) {
-  switch (a.yq_aq) {
-    case AQ::None: return quant_staged_q<AQ::None>(a, e, st, n, p0, cols);
-    case AQ::NVFP4: return quant_staged_q<AQ::NVFP4>(a, e, st, n, p0, cols);
-    case AQ::MXFP4: return quant_staged_q<AQ::MXFP4>(a, e, st, n, p0, cols);
-    case AQ::MXFP6_E2M3: return quant_staged_q<AQ::MXFP6_E2M3>(a, e, st, n, p0, cols);
-    case AQ::MXFP6_E3M2: return quant_staged_q<AQ::MXFP6_E3M2>(a, e, st, n, p0, cols);
-    case AQ::FP8: return quant_staged_q<AQ::FP8>(a, e, st, n, p0, cols);
-  }
+  visit_aq(a.yq_aq, [&](auto q) { quant_staged_q<decltype(q)::value>(a, e, st, n, p0, cols); });
 }
 
 __device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 128 + ((unit ^ (row & 7)) << 4)); }

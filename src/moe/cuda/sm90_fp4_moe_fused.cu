@@ -116,9 +116,10 @@ __device__ void route_tokens(const FusedArgs& a, const Routing& R, float* s, int
     }
     __syncthreads();
     const int cand = threadIdx.x % kRankMax, h = threadIdx.x / kRankMax, ncand = int(r.T) * r.E;
+    const int t = cand / r.E, e = cand - t * r.E;  // the candidate's token and expert
     int cnt = 0;
     if (cand < ncand) {
-      const int t = cand / r.E, e = cand - t * r.E, half = (r.E + 1) / 2, j1 = min(r.E, (h + 1) * half);
+      const int half = (r.E + 1) / 2, j1 = min(r.E, (h + 1) * half);
       const float* st = s + t * r.E;
       const float me = st[e];
       for (int j = h * half; j < j1; ++j) cnt += ranks_before(st[j], j, me, e);
@@ -126,7 +127,7 @@ __device__ void route_tokens(const FusedArgs& a, const Routing& R, float* s, int
     c[threadIdx.x] = cnt;
     __syncthreads();
     if (h == 0 && cand < ncand) {
-      const int t = cand / r.E, e = cand - t * r.E, rank = cnt + c[kRankMax + cand];
+      const int rank = cnt + c[kRankMax + cand];
       if (rank < k && !c[kThreads + t]) R.slot_e[t * k + rank] = e, R.slot_w[t * k + rank] = s[cand];
     }
     __syncthreads();
