@@ -97,7 +97,8 @@ MoeLayer load_moe_layer(const std::string& dir, int layer, const LoadOptions& op
   const std::string model_type = cfg.value("model_type", "");
   const ArchNames names = arch_names(model_type, layer);
   const int n_layers = cfg_get<int>(cfg, {"num_hidden_layers"}, "num_hidden_layers");
-  MXMOE_CHECK(layer >= 0 && layer < n_layers, "layer {} out of range: the model has {} layers", layer, n_layers);
+  MXMOE_CHECK(layer >= 0 && layer < n_layers, "layer {} out of range: the model has {} layer{} (0 to {})", layer, n_layers,
+              n_layers == 1 ? "" : "s", n_layers - 1);
   const bool dsv3 = model_type == "deepseek_v3";
   if (dsv3) {
     const int first_moe = cfg.value("first_k_dense_replace", 0);
