@@ -400,7 +400,7 @@ TEST(CudaMoeDevice, FusedTopKTiesMatchMultiKernel) {
 
 // The GEMV and 128 x 128 paths and the fused kernel are deterministic (no atomics on outputs; split-K sums in a fixed
 // order) and graph-capturable: two forwards and a graph replay agree bit for bit, poisoned outputs
-// are overwritten.
+// are overwritten; the same with programmatic dependent launch off (runs 3, 4: eager and a graph).
 class CudaMoeDeviceGraphs : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(CudaMoeDeviceGraphs, DeterministicUnderGraphs) {
@@ -414,14 +414,18 @@ TEST_P(CudaMoeDeviceGraphs, DeterministicUnderGraphs) {
   EXPECT_EQ(T <= dev.fused_tokens(Emulation::VLLM), T <= 8) << "T = " << T;
   const DeviceIo io(x, k);
   std::vector<std::vector<float>> outs;
-  for (int run = 0; run < 3; ++run) {
+  const bool pdl = mxmoe::moe::cuda::pdl_enabled();
+  for (int run = 0; run < 5; ++run) {
+    ForceFlag p(mxmoe::moe::cuda::pdl_enabled(), run < 3 && pdl);
     io.poison();
     outs.push_back(io.run([&](cudaStream_t st) { dev.forward(io.x, T, Emulation::VLLM, io.out, io.ids, io.w, st); },
-                          run == 2 ? 2 : 0));
+                          run == 2 || run == 4 ? 2 : 0));
   }
   for (size_t i = 0; i < outs[0].size(); ++i) ASSERT_TRUE(std::isfinite(outs[0][i])) << "unwritten output " << i;
   EXPECT_EQ(std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * 4), 0) << "two forwards differ";
   EXPECT_EQ(std::memcmp(outs[0].data(), outs[2].data(), outs[0].size() * 4), 0) << "graph replay differs";
+  for (int run = 3; run < 5; ++run)
+    EXPECT_EQ(std::memcmp(outs[0].data(), outs[size_t(run)].data(), outs[0].size() * 4), 0) << "without PDL, run " << run;
 }
 
 // T = 3: the fused kernel; T = 19: route + GEMV + finalize; T = 300: the 128 x 128 kernel.

@@ -7,6 +7,7 @@ namespace {
 
 template <AQ Q>
 __global__ void __launch_bounds__(256) quant_kernel(const QuantRowsArgs a) {
+  pdl_wait();
   constexpr int B = QTraits<Q>::block;
   const int64_t nb = a.K / B;
   const int64_t gid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -25,6 +26,7 @@ __global__ void __launch_bounds__(256) quant_kernel(const QuantRowsArgs a) {
 }
 
 __global__ void __launch_bounds__(256) split3_kernel(const float* x, int64_t n, uint16_t* y) {
+  pdl_wait();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   float v = x[i];
@@ -38,6 +40,7 @@ __global__ void __launch_bounds__(256) split3_kernel(const float* x, int64_t n, 
 
 __global__ void __launch_bounds__(256) scale_rows_kernel(const uint16_t* x, int64_t n, int64_t H, const float* w,
                                                           int k, float* xs) {
+  pdl_wait();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) xs[i] = cc::mul_rn(cc::bf16_to_f32(x[i]), w[i / H * k]);
 }
@@ -45,6 +48,7 @@ __global__ void __launch_bounds__(256) scale_rows_kernel(const uint16_t* x, int6
 // The shared experts' output is added after the routed sum, each rounded to bf16 in vllm mode (the
 // layer adds its two bf16 outputs, as run_moe).
 __global__ void __launch_bounds__(256) finalize_kernel(const FinalizeArgs a) {
+  pdl_wait();
   const int64_t gid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (gid >= a.T * (a.H / 4)) return;
   finalize_vec4(a, gid);
@@ -64,29 +68,25 @@ cudaError_t quant_rows(const QuantRowsArgs& a, cudaStream_t s) {
   return visit_aq(a.aq, [&](auto q) {
     constexpr AQ Q = decltype(q)::value;
     const int64_t n = a.rows * (a.K / QTraits<Q>::block);
-    quant_kernel<Q><<<unsigned((n + 255) / 256), 256, 0, s>>>(a);
-    return cudaGetLastError();
+    return launch_kernel(quant_kernel<Q>, unsigned((n + 255) / 256), 256, 0, s, true, a);
   });
 }
 
 cudaError_t split_bf16x3(const float* x, int64_t n, uint16_t* y, cudaStream_t s) {
   if (n == 0) return cudaSuccess;
-  split3_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(x, n, y);
-  return cudaGetLastError();
+  return launch_kernel(split3_kernel, unsigned((n + 255) / 256), 256, 0, s, true, x, n, y);
 }
 
 cudaError_t scale_rows(const uint16_t* x, int64_t T, int64_t H, const float* w, int k, float* xs, cudaStream_t s) {
   const int64_t n = T * H;
   if (n == 0) return cudaSuccess;
-  scale_rows_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(x, n, H, w, k, xs);
-  return cudaGetLastError();
+  return launch_kernel(scale_rows_kernel, unsigned((n + 255) / 256), 256, 0, s, true, x, n, H, w, k, xs);
 }
 
 cudaError_t finalize(const FinalizeArgs& a, cudaStream_t s) {
   const int64_t n = a.T * (a.H / 4);
   if (n == 0) return cudaSuccess;
-  finalize_kernel<<<unsigned((n + 255) / 256), 256, 0, s>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(finalize_kernel, unsigned((n + 255) / 256), 256, 0, s, true, a);
 }
 
 }  // namespace mxmoe::moe::cuda

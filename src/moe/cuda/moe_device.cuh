@@ -5,7 +5,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
+#include "moe/cuda/moe_heuristics.hpp"
 #include "moe/cuda/moe_kernels.hpp"
 #include "quant/cuda/codec.cuh"
 
@@ -22,6 +24,30 @@ cudaError_t ensure_smem(int bytes) {
   const cudaError_t e = cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (e == cudaSuccess) raised = bytes;
   return e;
+}
+
+// Programmatic dependent launch (sm_90): a kernel launched by `launch_kernel` may start while the one before it
+// in the stream drains, so its launch and prologue overlap that kernel's tail. Every such kernel calls
+// pdl_wait() first, before any early return: it waits for the previous kernel's completion and memory,
+// and a kernel that returned without waiting could complete before its predecessor, letting the next one
+// run ahead of both. Elsewhere (sm_80, or launched plainly) it is a no-op.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Launches kernel k with PDL where pdl_enabled() (the first kernel after a memset or of a forward passes
+// pdl = false: its predecessor is no kernel). Host side.
+template <class... P, class... A>
+cudaError_t launch_kernel(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl, A&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr, cfg.numAttrs = pdl && pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, k, std::forward<A>(args)...);
 }
 
 __device__ __forceinline__ float round_bf16(float v) { return cc::bf16_to_f32(cc::f32_to_bf16(v)); }

@@ -45,6 +45,17 @@ inline bool env_flag(const char* name) {
   return !(v && std::strcmp(v, "0") == 0);
 }
 
+// Programmatic dependent launch between the multi-kernel forward's kernels (moe_device.cuh `launch_kernel`),
+// where the current device is sm_90 or newer; MXMOE_CUDA_PDL=0 turns it off (A/B runs; tests flip it).
+inline bool& pdl_enabled() {
+  static bool on = [] {
+    int dev = 0, major = 0;
+    return env_flag("MXMOE_CUDA_PDL") && cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  }();
+  return on;
+}
+
 // tile128's products on wgmma where the GPU runs sm_90a code (else mma.sync). MXMOE_CUDA_WGMMA=0 turns
 // it off for A/B runs; tests flip it to compare the two on the same inputs.
 inline bool& tile128_wgmma_enabled() {

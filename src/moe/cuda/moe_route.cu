@@ -16,6 +16,7 @@ namespace {
 // multiple of 4) per CTA, 4 at a time; lanes stride over H by 8 (16-byte x loads); bit-identical for any
 // geometry (logits4).
 __global__ void __launch_bounds__(256) logits_kernel(const RouteArgs a, int tpc) {
+  pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int e = blockIdx.x * (blockDim.x >> 5) + warp;
   const int64_t tbase = int64_t(blockIdx.y) * tpc;
@@ -43,6 +44,7 @@ __global__ void __launch_bounds__(256) logits_kernel(const RouteArgs a, int tpc)
 // Logits at few tokens: a CTA per (expert, 4 tokens) item, its 8 warps on the 8 slice groups
 // (logits_item_cta, as the fused kernel): H / 2048 loads per warp in flight instead of H / 256 in a chain.
 __global__ void __launch_bounds__(256) logits_sliced_kernel(const RouteArgs a) {
+  pdl_wait();
   __shared__ float4 red[8 * 32];
   __shared__ float lmax[8 * 4];
   const int tg = int((a.T + 3) / 4);
@@ -153,6 +155,7 @@ __device__ __forceinline__ int warp_sum(int v) {
 
 template <int NPL>
 __global__ void __launch_bounds__(256) topk_kernel(const RouteArgs a) {
+  pdl_wait();
   const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   if (t >= a.T) return;
   topk_token<NPL>(a, t, threadIdx.x & 31);
@@ -160,6 +163,7 @@ __global__ void __launch_bounds__(256) topk_kernel(const RouteArgs a) {
 
 template <int NPL>
 __global__ void __launch_bounds__(kGroupedWarps * 32) grouped_topk_kernel(const RouteArgs a) {
+  pdl_wait();
   extern __shared__ float route_smem[];
   const int warp = threadIdx.x >> 5;
   const int64_t t = int64_t(blockIdx.x) * kGroupedWarps + warp;
@@ -169,6 +173,7 @@ __global__ void __launch_bounds__(kGroupedWarps * 32) grouped_topk_kernel(const 
 }
 
 __global__ void dense_tiles_kernel(int64_t rows, int tile_rows, int4* tiles, int32_t* num_tiles) {
+  pdl_wait();
   const int64_t n = (rows + tile_rows - 1) / tile_rows;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t left = rows - i * tile_rows;
@@ -232,6 +237,7 @@ __device__ __forceinline__ void permute_expert(const RouteArgs& a, int e, int la
 }
 
 __global__ void __launch_bounds__(256) permute_kernel(const RouteArgs a) {
+  pdl_wait();
   const int e = int((int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5);
   if (e >= a.E) return;
   permute_expert(a, e, threadIdx.x & 31);
@@ -242,15 +248,15 @@ int env_int(const char* name, int dflt) {
   return v && *v ? std::atoi(v) : dflt;
 }
 
+// Both after the logits kernel (PDL edges; the logits kernel itself follows the forward's memset).
 template <int NPL>
-void launch_topk_permute(const RouteArgs& a, cudaStream_t s) {
-  if (a.kind == 1) {
-    grouped_topk_kernel<NPL><<<unsigned((a.T + kGroupedWarps - 1) / kGroupedWarps), kGroupedWarps * 32,
-                               grouped_smem_bytes(a.E, a.n_group), s>>>(a);
-  } else {
-    topk_kernel<NPL><<<unsigned((a.T * 32 + 255) / 256), 256, 0, s>>>(a);
-  }
-  permute_kernel<<<unsigned((a.E * 32 + 255) / 256), 256, 0, s>>>(a);
+cudaError_t launch_topk_permute(const RouteArgs& a, cudaStream_t s) {
+  const cudaError_t err =
+      a.kind == 1 ? launch_kernel(grouped_topk_kernel<NPL>, unsigned((a.T + kGroupedWarps - 1) / kGroupedWarps),
+                                  kGroupedWarps * 32, grouped_smem_bytes(a.E, a.n_group), s, true, a)
+                  : launch_kernel(topk_kernel<NPL>, unsigned((a.T * 32 + 255) / 256), 256, 0, s, true, a);
+  if (err != cudaSuccess) return err;
+  return launch_kernel(permute_kernel, unsigned((a.E * 32 + 255) / 256), 256, 0, s, true, a);
 }
 
 }  // namespace
@@ -272,16 +278,15 @@ cudaError_t route(const RouteArgs& a, cudaStream_t s) {
     const dim3 g1(unsigned((a.E + epc - 1) / epc), unsigned((a.T + tpc - 1) / tpc));
     logits_kernel<<<g1, 32 * epc, 0, s>>>(a, tpc);
   }
-  if (legacy || a.E > 256) launch_topk_permute<16>(a, s);
-  else if (a.E > 128) launch_topk_permute<8>(a, s);
-  else launch_topk_permute<4>(a, s);
-  return cudaGetLastError();
+  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  if (legacy || a.E > 256) return launch_topk_permute<16>(a, s);
+  if (a.E > 128) return launch_topk_permute<8>(a, s);
+  return launch_topk_permute<4>(a, s);
 }
 
 cudaError_t dense_tiles(int64_t rows, int tile_rows, int4* tiles, int32_t* num_tiles, cudaStream_t s) {
   const int64_t n = (rows + tile_rows - 1) / tile_rows;
-  dense_tiles_kernel<<<unsigned(n / 256 + 1), 256, 0, s>>>(rows, tile_rows, tiles, num_tiles);
-  return cudaGetLastError();
+  return launch_kernel(dense_tiles_kernel, unsigned(n / 256 + 1), 256, 0, s, true, rows, tile_rows, tiles, num_tiles);
 }
 
 }  // namespace mxmoe::moe::cuda

@@ -217,6 +217,7 @@ constexpr int kWarps = 8;
 
 template <WKind W, int NT, int SPLIT, bool GATED>
 __global__ void __launch_bounds__(kWarps * 32) moe_gemm_kernel(const GemmArgs a) {
+  pdl_wait();
   constexpr int kTok = 8 * NT, kLd = kTok + 1;
   __shared__ float red[kWarps][32][kLd];
   const int tile = blockIdx.x;
@@ -348,15 +349,14 @@ cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
   const dim3 grid(unsigned(a.max_tiles), unsigned(gated ? a.N / 32 : a.N / 32));
   auto go = [&](auto nt) {
     constexpr int NT = decltype(nt)::value;
-    if (gated) moe_gemm_kernel<W, NT, 1, true><<<grid, kWarps * 32, 0, s>>>(a);
-    else if (split) moe_gemm_kernel<W, NT, 3, false><<<grid, kWarps * 32, 0, s>>>(a);
-    else moe_gemm_kernel<W, NT, 1, false><<<grid, kWarps * 32, 0, s>>>(a);
+    const auto k = gated ? moe_gemm_kernel<W, NT, 1, true>
+                         : (split ? moe_gemm_kernel<W, NT, 3, false> : moe_gemm_kernel<W, NT, 1, false>);
+    return launch_kernel(k, grid, kWarps * 32, 0, s, true, a);
   };
   if (a.max_tiles == 0) return cudaSuccess;
-  if (a.nt == 1) go(std::integral_constant<int, 1>{});
-  else if (a.nt == 2) go(std::integral_constant<int, 2>{});
-  else go(std::integral_constant<int, 4>{});
-  return cudaGetLastError();
+  if (a.nt == 1) return go(std::integral_constant<int, 1>{});
+  if (a.nt == 2) return go(std::integral_constant<int, 2>{});
+  return go(std::integral_constant<int, 4>{});
 }
 
 }  // namespace mxmoe::moe::cuda::gemm

@@ -96,6 +96,7 @@ __device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row
 
 template <WKind W, bool GATED, bool WG>
 __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) {
+  pdl_wait();
   extern __shared__ __align__(128) uint8_t smem_raw[];
   uint8_t* const smem = smem_raw + ((1024 - (sm80::smem_addr(smem_raw) & 1023)) & 1023);
   const int tile = blockIdx.x;
@@ -270,8 +271,7 @@ cudaError_t launch(const GemmArgs& a, cudaStream_t s) {
   const cudaError_t err = ensure_smem<tile128_kernel<W, GATED, WG>>(kSmemBytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(unsigned(a.max_tiles), unsigned((a.N / 16 + 7) / 8));
-  tile128_kernel<W, GATED, WG><<<grid, kThreads, kSmemBytes, s>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(tile128_kernel<W, GATED, WG>, grid, kThreads, size_t(kSmemBytes), s, true, a);
 }
 
 template <WKind W, bool GATED>

@@ -24,6 +24,7 @@ constexpr int kXBytes = kTok * kKc * 2, kStage = kXBytes + 3 * kExp * kKc * 2, k
 __device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 128 + ((unit ^ (row & 7)) << 4)); }
 
 __global__ void __launch_bounds__(kThreads) logits_mma_kernel(const RouteArgs a) {
+  pdl_wait();
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int64_t t0 = int64_t(blockIdx.x) * kTok;

@@ -43,6 +43,7 @@ struct TileItems {
 // Four CTAs (16 warps) per SM at depth 4: 122 registers, no spills (depth 8, for experiments: two).
 template <WKind W, bool GATED, int kDepth>
 __global__ void __launch_bounds__(kThreads, kDepth == 4 ? 4 : 2) gemv_kernel(const GemmArgs a, int ksplit, int rs_bytes) {
+  pdl_wait();
   extern __shared__ __align__(16) uint8_t smem[];
   const int groups = (a.N / 16 + kWarps / ksplit - 1) / (kWarps / ksplit);
   const int total = *a.num_tiles * groups, per = (total + gridDim.x - 1) / gridDim.x;
@@ -74,8 +75,8 @@ cudaError_t launch(const GemmArgs& a, int ksplit, cudaStream_t s) {
   }
   const int64_t items = int64_t(a.max_tiles) * ((a.N / 16 + mpc - 1) / mpc);
   const int grid = int(std::min<int64_t>(items, fit.ctas));
-  gemv_kernel<W, GATED, kDepth><<<grid, kThreads, size_t(smem), s>>>(a, ksplit, gemv_row_stride(a.K));
-  return cudaGetLastError();
+  return launch_kernel(gemv_kernel<W, GATED, kDepth>, unsigned(grid), kThreads, size_t(smem), s, true, a, ksplit,
+                       gemv_row_stride(a.K));
 }
 
 template <WKind W>
