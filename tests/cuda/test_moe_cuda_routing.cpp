@@ -337,6 +337,35 @@ TEST(CudaMoeRouting, LayerObjectTakesOptions) {
   }
 }
 
+// The tensor-core logits (T >= 512) multiply only the hi term of a bf16 gate (its mid and lo terms are
+// zero): the same bits as all three terms, for softmax and grouped sigmoid routers, a partial 32-expert
+// block (E = 40) and a partial 64-wide K chunk (H = 224). A float32 gate that bf16 cannot hold (every
+// entry nudged by a relative 2^-12) keeps three terms and stays within the router bounds of the ref.
+TEST(CudaMoeRouting, LogitsOneTermChangesNoBits) {
+  SKIP_WITHOUT_DEVICE();
+  const int64_t T = 515;
+  MoeLayer softmax = synthetic_layer({"r40", 224, 32, 40, 4}, parse_moe_scheme("w_nvfp4_a_nvfp4"), 9);
+  MoeLayer grouped = router_layer(kRouters[0], 11);
+  for (MoeLayer* l : {&softmax, &grouped}) {
+    const std::string name = l == &softmax ? "softmax E40 H224" : "grouped " + router_name(kRouters[0]);
+    const Tensor x = test::random_tensor(DType::BF16, {T, l->hidden}, 515);
+    MoeOptions o;
+    o.backend = Backend::Cuda;
+    MoeResult r[2];
+    for (int i = 0; i < 2; ++i) {
+      ForceFlag one(mxmoe::moe::cuda::logits_one_term_enabled(), i == 0);
+      r[i] = run_moe(*l, x, o);
+    }
+    EXPECT_EQ(std::memcmp(r[0].out.data.data(), r[1].out.data.data(), r[0].out.data.size()), 0) << name;
+    EXPECT_EQ(std::memcmp(r[0].topk_ids.data.data(), r[1].topk_ids.data.data(), r[0].topk_ids.data.size()), 0) << name;
+    EXPECT_EQ(std::memcmp(r[0].topk_weights.data.data(), r[1].topk_weights.data.data(), r[0].topk_weights.data.size()), 0)
+        << name;
+    float* g = l->gate.ptr<float>();
+    for (int64_t i = 0; i < l->gate.numel(); ++i) g[i] *= 1.0f + 0x1p-12f;
+    expect_close(compare(*l, x, MoeOptions{}, name + " float32 gate"), name + " float32 gate");
+  }
+}
+
 // Host-only: the DeepSeek-V3 features are accepted; what is still not is named.
 TEST(CudaMoeRoutingHost, DeepSeekLayersAreSupported) {
   MoeLayer l = ds_layer(parse_moe_scheme("w_nvfp4_a_nvfp4"), 16, 4, 8, 4, 96, 1, false);

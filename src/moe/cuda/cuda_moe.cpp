@@ -194,6 +194,7 @@ struct CudaMoeLayer::Impl {
   k::AQ aq = k::AQ::None;
   DevProj w13, w2;
   DevMem gate, gate3, gate_bias, corr_bias;
+  int gate_terms = 3;  // 1 when the gate is bf16 (gate3's mid and lo planes all zero)
   bool shared = false;  // shared experts: s13 / s2, output ys [T, H]
   DevProj s13, s2;
   // Options of run_moe (MoeOptions): expert_map [E] (empty: all local), the router weight on the input
@@ -278,7 +279,9 @@ void init_layer(Impl& m, const MoeLayer& l, int64_t max_tokens, const MoeOptions
   std::vector<float> g(size_t(m.E * m.H));
   to_f32(l.gate.data.data(), l.gate.dtype, m.E * m.H, g.data());
   m.gate.upload(g.data(), g.size() * 4);
-  m.gate3.upload(split_bf16x3(g).data(), g.size() * 6);
+  const std::vector<uint16_t> g3 = split_bf16x3(g);
+  m.gate3.upload(g3.data(), g3.size() * 2);
+  m.gate_terms = std::all_of(g3.begin() + std::ptrdiff_t(g.size()), g3.end(), [](uint16_t b) { return b == 0; }) ? 1 : 3;
   auto upload_f32 = [&](DevMem& d, const Tensor& t) {
     std::vector<float> v(size_t(m.E));
     to_f32(t.data.data(), t.dtype, m.E, v.data());
@@ -495,6 +498,7 @@ void run_forward(const Impl& m, const void* x_dev, int64_t T, Emulation e, float
 
   k::RouteArgs ra;
   ra.x = static_cast<const uint16_t*>(x_dev), ra.gate = m.gate.as<float>(), ra.gate3 = m.gate3.as<uint16_t>();
+  ra.gate_terms = m.gate_terms == 1 && k::logits_one_term_enabled() ? 1 : 3;
   ra.gate_bias = m.gate_bias.as<float>();
   ra.T = T, ra.H = m.H, ra.E = m.E, ra.k = m.topk, ra.kind = int(m.router.kind), ra.renormalize = m.router.renormalize;
   ra.scaling = m.router.routed_scaling_factor;

@@ -174,6 +174,12 @@ constexpr int64_t kLogitsMmaMinTokens = 512;
 // slice group (the fused kernel's stage A, 5.7 -> 1.3 us there), instead of one warp walking all of H.
 constexpr int64_t kLogitsSlicedMaxTokens = 64;
 inline bool use_logits_mma(int64_t T, int64_t H) { return T >= kLogitsMmaMinTokens && H % 8 == 0; }
+// A gate that is bf16 already (mid and lo terms all zero) takes one term on the tensor cores instead of
+// three (same bits). MXMOE_CUDA_LOGITS_ONE_TERM=0 multiplies all three (A/B runs; tests compare both).
+inline bool& logits_one_term_enabled() {
+  static bool on = env_flag("MXMOE_CUDA_LOGITS_ONE_TERM");
+  return on;
+}
 
 struct FusedPlan {
   bool use = false;

@@ -64,6 +64,7 @@ struct RouteArgs {
   const uint16_t* x = nullptr;  // bf16 [T, H]
   const float* gate = nullptr;  // f32 [E, H]
   const uint16_t* gate3 = nullptr;  // bf16 [3, E, H]: hi, mid, lo with hi + mid + lo == gate (tensor-core logits)
+  int gate_terms = 3;  // gate3's planes the tensor-core logits multiply: 1 where mid and lo are all zero
   const float* gate_bias = nullptr;
   int64_t T = 0, H = 0;
   int E = 0, k = 0;

@@ -2,11 +2,14 @@
 //
 // The float32 gate is held as three bf16 terms (hi + mid + lo == gate exactly, split once at upload by
 // truncation: 8 + 8 + 8 significand bits), so every product x * term is exact in float32 and the
-// result differs from the SIMT kernel (logits4) only in the order of the float32 additions. The SIMT
+// result differs from the SIMT kernel (logits4) only in the order of the float32 additions. Where the
+// gate is bf16 already (checkpoints store it so), mid and lo are zero and only hi is multiplied
+// (RouteArgs::gate_terms = 1): a third of the products and gate bytes, the same bits, since the skipped
+// products are +-0 for finite x. The SIMT
 // kernel re-reads each token row once per expert warp and runs ~380 us at T = 4096 on the Qwen3 layer;
 // here a row is read once per 32 experts from shared memory.
 // CTA = 4 warps = 64 tokens x 32 experts; warp w: tokens 16w .. 16w + 15 x 4 n8 tiles, per k16 step one
-// A fragment (x) and three B fragments (the gate terms). K in chunks of 64 (rows of 128 bytes, 16-byte
+// A fragment (x) and one B fragment per gate term. K in chunks of 64 (rows of 128 bytes, 16-byte
 // units XOR-swizzled by row % 8 so ldmatrix is conflict-free), four cp.async stages. A CTA walks all of
 // H alone and takes ~47 us on the H200 whatever T (two stages measured the same; cause not found,
 // bench/RESULTS.md v6), so route() uses this kernel only from kLogitsMmaMinTokens. The CTAs of the
@@ -19,11 +22,15 @@ namespace mxmoe::moe::cuda {
 namespace {
 
 constexpr int kTok = 64, kExp = 32, kKc = 64, kThreads = 128, kStages = 4;
-constexpr int kXBytes = kTok * kKc * 2, kStage = kXBytes + 3 * kExp * kKc * 2, kSmem = kStages * kStage;
+constexpr int kXBytes = kTok * kKc * 2;
+// A stage: the x chunk, then TERMS gate term chunks (rows term-major).
+constexpr int stage_bytes(int terms) { return kXBytes + terms * kExp * kKc * 2; }
 
 __device__ __forceinline__ uint32_t swz(int row, int unit) { return uint32_t(row * 128 + ((unit ^ (row & 7)) << 4)); }
 
+template <int TERMS>
 __global__ void __launch_bounds__(kThreads) logits_mma_kernel(const RouteArgs a) {
+  constexpr int kStage = stage_bytes(TERMS);
   pdl_wait();
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -42,7 +49,7 @@ __global__ void __launch_bounds__(kThreads) logits_mma_kernel(const RouteArgs a)
       sm80::cp_async16(xs + swz(row, unit), v ? a.x + t * a.H + k : a.x, v);
     }
 #pragma unroll
-    for (int i = tid; i < 3 * kExp * 8; i += kThreads) {
+    for (int i = tid; i < TERMS * kExp * 8; i += kThreads) {
       const int row = i >> 3, unit = i & 7, term = row / kExp, e = e0 + row % kExp;  // rows: term-major
       const int64_t k = k0 + 8 * unit;
       const bool v = e < a.E && k < a.H;
@@ -74,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) logits_mma_kernel(const RouteArgs a)
       uint32_t af[4];
       sm80::ldsm_x4(xs + swz(16 * warp + (lane & 15), 2 * ks + (lane >> 4)), af[0], af[1], af[2], af[3]);
 #pragma unroll
-      for (int term = 0; term < 3; ++term) {
+      for (int term = 0; term < TERMS; ++term) {
         uint32_t bf[4][2];
 #pragma unroll
         for (int j = 0; j < 2; ++j)
@@ -114,15 +121,22 @@ __global__ void __launch_bounds__(kThreads) logits_mma_kernel(const RouteArgs a)
   }
 }
 
+template <int TERMS>
+cudaError_t launch(const RouteArgs& a, cudaStream_t s) {
+  const int smem = kStages * stage_bytes(TERMS);
+  const dim3 grid(unsigned((a.T + kTok - 1) / kTok), unsigned((a.E + kExp - 1) / kExp));
+  const cudaError_t err = ensure_smem<logits_mma_kernel<TERMS>>(smem);
+  if (err != cudaSuccess) return err;
+  logits_mma_kernel<TERMS><<<grid, kThreads, smem, s>>>(a);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 cudaError_t router_logits_mma(const RouteArgs& a, cudaStream_t s) {
   if (a.gate3 == nullptr || a.H % 8 != 0) return cudaErrorInvalidValue;
-  const dim3 grid(unsigned((a.T + kTok - 1) / kTok), unsigned((a.E + kExp - 1) / kExp));
-  const cudaError_t err = ensure_smem<logits_mma_kernel>(kSmem);
-  if (err != cudaSuccess) return err;
-  logits_mma_kernel<<<grid, kThreads, kSmem, s>>>(a);
-  return cudaGetLastError();
+  if (a.gate_terms == 1) return launch<1>(a, s);
+  return a.gate_terms == 3 ? launch<3>(a, s) : cudaErrorInvalidValue;
 }
 
 }  // namespace mxmoe::moe::cuda
