@@ -5,17 +5,16 @@
 // result differs from the SIMT kernel (logits4) only in the order of the float32 additions. Where the
 // gate is bf16 already (checkpoints store it so), mid and lo are zero and only hi is multiplied
 // (RouteArgs::gate_terms = 1): a third of the products and gate bytes, the same bits, since the skipped
-// products are +-0 for finite x. The SIMT
-// kernel re-reads each token row once per expert warp and runs ~380 us at T = 4096 on the Qwen3 layer;
-// here a row is read once per 32 experts from shared memory.
+// products are +-0 for finite x. The SIMT kernel re-reads each token row once per expert warp and runs
+// ~380 us at T = 4096 on the Qwen3 layer; here a row is read once per 32 experts from shared memory.
 // CTA = 4 warps = 64 tokens x 32 experts; warp w: tokens 16w .. 16w + 15 x 4 n8 tiles, per k16 step one
 // A fragment (x) and one B fragment per gate term. K in chunks of 64 (rows of 128 bytes, 16-byte
 // units XOR-swizzled by row % 8 so ldmatrix is conflict-free), four cp.async stages. A CTA walks all of
 // H alone and took ~47 us on the H200 whatever T with three terms (two stages measured the same,
 // bench/RESULTS.md v6; one term cut 11-31 us at T = 512-4096, v18: the chain of products is part of it),
-// so route() uses this kernel only from kLogitsMmaMinTokens. The CTAs of the
-// first expert block also take the tokens' |x| maxima (the dynamic activation scales), from shared
-// memory, with the same fmaxf as logits4 (so the same bits).
+// so route() uses this kernel only from kLogitsMmaMinTokens. The CTAs of the first expert block also
+// take the tokens' |x| maxima (the dynamic activation scales), from shared memory, with the same fmaxf
+// as logits4 (so the same bits).
 #include "moe/cuda/moe_device.cuh"
 #include "moe/cuda/sm80_mma.cuh"
 
