@@ -168,8 +168,9 @@ constexpr int kFusedMaxSmem = 160 * 1024;
 // exact products, another float32 summation order). Measured on the H200 (bench/RESULTS.md v6, Qwen3
 // gate 128 x 2048): the tensor-core kernel took ~47 us at any T up to 4096 with three gate terms (one
 // CTA walks all of H; one term for a bf16 gate saved 11-31 us at T = 512-4096 on the H100, v18; the
-// threshold was not re-measured since), the SIMT kernel ~13 us at T = 64 and ~380 us at T = 4096. Far above the fused kernel's 8 tokens, so
-// the fused and multi-kernel forwards, which must agree bit for bit, always share logits4.
+// threshold was not re-measured since), the SIMT kernel ~13 us at T = 64 and ~380 us at T = 4096. Far
+// above the fused kernel's 8 tokens, so the fused and multi-kernel forwards, which must agree bit for
+// bit, always share logits4.
 constexpr int64_t kLogitsMmaMinTokens = 512;
 // Up to this many tokens the SIMT logits give each (expert, 4 tokens) item a CTA of 8 warps, one per
 // slice group (the fused kernel's stage A, 5.7 -> 1.3 us there), instead of one warp walking all of H.
