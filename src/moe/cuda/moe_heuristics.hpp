@@ -171,11 +171,20 @@ constexpr int kFusedMaxSmem = 160 * 1024;
 // threshold was not re-measured since), the SIMT kernel ~13 us at T = 64 and ~380 us at T = 4096. Far
 // above the fused kernel's 8 tokens, so the fused and multi-kernel forwards, which must agree bit for
 // bit, always share logits4.
+// MXMOE_CUDA_LOGITS_MMA_MIN=n moves the threshold (A/B runs; n > 8 keeps the fused kernel's T on logits4).
 constexpr int64_t kLogitsMmaMinTokens = 512;
+inline int64_t logits_mma_min_tokens() {
+  static const int64_t t = [] {
+    const char* v = std::getenv("MXMOE_CUDA_LOGITS_MMA_MIN");
+    const int64_t n = v ? std::atoll(v) : kLogitsMmaMinTokens;
+    return n > 8 ? n : kLogitsMmaMinTokens;
+  }();
+  return t;
+}
 // Up to this many tokens the SIMT logits give each (expert, 4 tokens) item a CTA of 8 warps, one per
 // slice group (the fused kernel's stage A, 5.7 -> 1.3 us there), instead of one warp walking all of H.
 constexpr int64_t kLogitsSlicedMaxTokens = 64;
-inline bool use_logits_mma(int64_t T, int64_t H) { return T >= kLogitsMmaMinTokens && H % 8 == 0; }
+inline bool use_logits_mma(int64_t T, int64_t H) { return T >= logits_mma_min_tokens() && H % 8 == 0; }
 // A gate that is bf16 already (mid and lo terms all zero) takes one term on the tensor cores instead of
 // three (same bits). MXMOE_CUDA_LOGITS_ONE_TERM=0 multiplies all three (A/B runs; tests compare both).
 inline bool& logits_one_term_enabled() {
