@@ -301,6 +301,46 @@ TEST(CudaMoeDevice, EpilogueQuantAndBf16OutputChangeNoBits) {
   }
 }
 
+// FP4 weights in the m-tile layout (fp4_weight_tiles.hpp) against the row layout: every kernel reads the
+// same codes and scales from other addresses, so the outputs are bit-identical. Every FP4 path (fused at
+// T = 1, GEMV, the tiled kernel, tile128 on wgmma and mma.sync), gated halves and gpt-oss's interleaved
+// rows with biases, K % 128 != 0 (the wide shape's H = 352), both modes.
+TEST(CudaMoeDevice, WeightTilesChangeNoBits) {
+  SKIP_WITHOUT_DEVICE();
+  using mxmoe::moe::cuda::GemmPath;
+  const SyntheticShape wide{"wide", 352, 160, 32, 4};
+  struct Case {
+    const char* scheme;
+    bool oai;
+  };
+  for (const Case& cs : {Case{"w_nvfp4_a_nvfp4", false}, Case{"w_mxfp4_a_mxfp4", true}, Case{"w_nvfp4_a16", false},
+                         Case{"w_mxfp4_a16", true}}) {
+    MoeLayer l = small_layer(parse_moe_scheme(cs.scheme), 23, false, wide);
+    if (cs.oai) make_gpt_oss(l);
+    for (int64_t T : {int64_t(1), int64_t(5), int64_t(300)})
+      for (int path = 0; path < 4; ++path) {  // auto, tiled, tile128, tile128 on mma.sync
+        if (T == 1 && path != 0) continue;
+        const Tensor x = test::random_tensor(DType::BF16, {T, wide.hidden}, uint32_t(57 + T));
+        for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
+          const std::string what = std::string(cs.scheme) + (cs.oai ? " swigluoai" : "") + " " +
+                                   std::string(emulation_name(e)) + " T=" + std::to_string(T) + " path " +
+                                   std::to_string(path);
+          std::optional<ForcePath> f;
+          if (path > 0) f.emplace(path == 1 ? GemmPath::Tiled : GemmPath::Tile128);
+          ForceWgmma wg(path != 3);
+          MoeOptions o;
+          o.emulation = e, o.backend = Backend::Cuda;
+          MoeResult r[2];
+          for (int i = 0; i < 2; ++i) {
+            ForceFlag tiles(mxmoe::moe::cuda::weight_tiles_enabled(), i == 0);
+            r[i] = run_moe(l, x, o);
+          }
+          EXPECT_EQ(std::memcmp(r[0].out.data.data(), r[1].out.data.data(), r[0].out.data.size()), 0) << what;
+        }
+      }
+  }
+}
+
 // The fused kernel at every token count it takes, against the CPU ref and against the multi-kernel path
 // (route + quantize + GEMV + finalize) on the same inputs: the same operands and epilogues, only the
 // split-K summation order may differ (same bound as GemmPathsAgree). Shapes: few experts with

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "moe/cuda/fp4_weight_tiles.hpp"
 #include "moe/cuda/moe_heuristics.hpp"
 #include "moe/cuda/moe_kernels.hpp"
 #include "mxmoe/cuda.hpp"
@@ -92,10 +93,12 @@ k::AQ act_kind(const MoeScheme& s) {
 struct DevProj {
   DevMem codes, scales, gs, alpha_vllm, alpha_exact, bias, static_gs_e;
   int64_t N = 0, K = 0, row_bytes = 0;
+  bool tiles = false;  // FP4 codes and scales in the m-tile layout (fp4_weight_tiles.hpp)
   float vllm_static_gs = 0.0f;  // 1 / max input_scale, or 0 (dynamic)
   bool static_every = false;     // every expert has an input_scale (exact mode's scales are all static)
 
-  void upload(const std::vector<ExpertLinear>& ws, const Tensor& b, const MoeScheme& s, const char* which,
+  // mode: the kernels' row mode for this projection (wtiles::row_mode), which the m-tile layout follows.
+  void upload(const std::vector<ExpertLinear>& ws, const Tensor& b, const MoeScheme& s, const char* which, int mode,
               std::vector<std::string>& warnings) {
     const size_t E = ws.size();
     N = ws[0].out_features(), K = ws[0].in_features();
@@ -133,6 +136,12 @@ struct DevProj {
         const float g = q.params.global_scale;
         wgs[e] = g;
         if (st.tensor_scale) ae[e] = 1.0f / g;
+      }
+      tiles = k::gemv_weights(weight_kind(s)) && k::weight_tiles_enabled();
+      if (tiles) {
+        std::vector<uint8_t> tc, ts;
+        k::wtiles::pack(hc.data(), hs.data(), int64_t(E), N, K, st.block, mode, tc, ts);
+        hc.swap(tc), hs.swap(ts);
       }
       codes.upload(hc.data(), hc.size());
       scales.upload(hs.data(), hs.size());
@@ -269,12 +278,13 @@ void init_layer(Impl& m, const MoeLayer& l, int64_t max_tokens, const MoeOptions
     MXMOE_CUDA_CHECK(cudaGetDevice(&dev));
     MXMOE_CUDA_CHECK(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, dev));
   }
-  m.w13.upload(l.w13, l.b13, *l.scheme, "w13", m.warnings);
-  m.w2.upload(l.w2, l.b2, *l.scheme, "w2", m.warnings);
+  const int gated_mode = k::wtiles::row_mode(true, int(m.activation.act));
+  m.w13.upload(l.w13, l.b13, *l.scheme, "w13", gated_mode, m.warnings);
+  m.w2.upload(l.w2, l.b2, *l.scheme, "w2", 0, m.warnings);
   m.shared = !l.shared_w13.empty();
   if (m.shared) {
-    m.s13.upload(l.shared_w13, Tensor(), *l.scheme, "shared w13", m.warnings);
-    m.s2.upload(l.shared_w2, Tensor(), *l.scheme, "shared w2", m.warnings);
+    m.s13.upload(l.shared_w13, Tensor(), *l.scheme, "shared w13", gated_mode, m.warnings);
+    m.s2.upload(l.shared_w2, Tensor(), *l.scheme, "shared w2", 0, m.warnings);
   }
   std::vector<float> g(size_t(m.E * m.H));
   to_f32(l.gate.data.data(), l.gate.dtype, m.E * m.H, g.data());
@@ -358,6 +368,7 @@ struct GemmSetup {
   }
   void weights(k::GemmArgs& g, const DevProj& w) const {
     g.wk = m.wk, g.codes = w.codes.as<uint8_t>(), g.row_bytes = w.row_bytes, g.scales = w.scales.as<uint8_t>();
+    g.w_tiles = w.tiles;
     g.w_gs = w.gs.as<float>();
     g.w_alpha = vllm ? w.alpha_vllm.as<float>() : w.alpha_exact.as<float>();
     g.bias = w.bias.p ? w.bias.as<float>() : nullptr;

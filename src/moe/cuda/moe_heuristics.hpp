@@ -138,6 +138,13 @@ inline GemmPlan plan_gemms(WKind wk, int64_t P, int E, int64_t N1, int64_t K1, i
   return p;
 }
 
+// FP4 expert weights in the m-tile layout (fp4_weight_tiles.hpp) at upload; MXMOE_CUDA_WEIGHT_TILES=0 keeps
+// the checkpoint's row layout (A/B runs; tests compare both).
+inline bool& weight_tiles_enabled() {
+  static bool on = env_flag("MXMOE_CUDA_WEIGHT_TILES");
+  return on;
+}
+
 // The fused layer kernel: MXMOE_CUDA_MOE_FUSED=0 turns it off (A/B runs, tests of both paths).
 inline bool& fused_enabled() {
   static bool on = [] {

@@ -112,6 +112,7 @@ struct GemmArgs {
   const uint8_t* codes = nullptr;  // [E][N][row_bytes] (BF16: [E][N][K] bf16)
   int64_t row_bytes = 0;
   const uint8_t* scales = nullptr;  // [E][N][K / block]
+  bool w_tiles = false;  // FP4 codes and scales in the m-tile layout (fp4_weight_tiles.hpp), not by rows
   const float* w_gs = nullptr;      // [E] NVFP4 weight encode scales (vllm mode divides the block scale)
   const float* w_alpha = nullptr;   // [E] accumulator factor from the weights
   const float* bias = nullptr;      // [E][N] or nullptr

@@ -16,6 +16,7 @@
 // bf16(element * (scale / gs)), the same float32 operations as the CPU path; the multiplier of each
 // scale byte is computed in registers (scale_mult), no dependent table load.
 #pragma once
+#include "moe/cuda/fp4_weight_tiles.hpp"
 #include "moe/cuda/moe_device.cuh"
 #include "moe/cuda/sm80_mma.cuh"
 
@@ -90,6 +91,16 @@ __device__ __forceinline__ void load_raw(const GemmArgs& a, const uint8_t* row_c
   }
   if constexpr (W == WKind::NVFP4) r.s = __ldg(reinterpret_cast<const uint16_t*>(row_scales + k0 / 16));
   else if constexpr (W != WKind::BF16) r.s = __ldg(row_scales + k0 / 32);
+}
+
+// FP4 from a wtiles::Stream position (either layout): cp / sp the chunk's 16 code bytes and scale bytes.
+template <WKind W>
+__device__ __forceinline__ void load_raw_fp4(const uint8_t* cp, const uint8_t* sp, bool valid, Raw<W>& r) {
+  static_assert(WT<W>::bits == 4, "FP4 weights only");
+  const uint4 v = valid ? __ldg(reinterpret_cast<const uint4*>(cp)) : make_uint4(0, 0, 0, 0);
+  r.w[0] = v.x, r.w[1] = v.y, r.w[2] = v.z, r.w[3] = v.w;
+  if constexpr (W == WKind::NVFP4) r.s = valid ? __ldg(reinterpret_cast<const uint16_t*>(sp)) : 0u;
+  else r.s = valid ? __ldg(sp) : 0u;
 }
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
@@ -232,13 +243,24 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gemm_kernel(const GemmArgs a)
   else rbase[0] = 32 * blockIdx.y, rbase[1] = 32 * blockIdx.y + 16;
   constexpr int bits = WT<W>::bits;
   const int64_t nbk = a.K / (W == WKind::BF16 ? 32 : WT<W>::block);
+  // FP4: chunk c of row i at rc[i] + c * fst.cs (either layout, fp4_weight_tiles.hpp); else by rows.
+  const wtiles::Strides fst = wtiles::strides(a.w_tiles, WT<W>::block);
   const uint8_t* rc[4];
   const uint8_t* rs[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int64_t row = int64_t(e) * a.N + rbase[i >> 1] + g + 8 * (i & 1);
-    rc[i] = a.codes + row * (bits == 16 ? a.K * 2 : a.row_bytes);
-    rs[i] = W == WKind::BF16 ? nullptr : a.scales + row * nbk;
+    const int lrow = rbase[i >> 1] + g + 8 * (i & 1);
+    if constexpr (bits == 4) {
+      int mt, r;
+      const int mode = wtiles::row_mode(GATED, a.act);
+      wtiles::locate(mode, lrow, I, mt, r);
+      const wtiles::Stream p = wtiles::stream(a.codes, a.scales, a.w_tiles, WT<W>::block, a.N, a.K, mode, e, mt, r, t);
+      rc[i] = p.c, rs[i] = p.s;
+    } else {
+      const int64_t row = int64_t(e) * a.N + lrow;
+      rc[i] = a.codes + row * (bits == 16 ? a.K * 2 : a.row_bytes);
+      rs[i] = W == WKind::BF16 ? nullptr : a.scales + row * nbk;
+    }
   }
   const float vllm_gs = (W == WKind::NVFP4 && a.vllm) ? a.w_gs[e] : 0.0f;
   int64_t brow[NT];
@@ -265,7 +287,10 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gemm_kernel(const GemmArgs a)
     const int64_t k0 = int64_t(c) * 128 + 32 * t;
     const bool kv = k0 < a.K;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) load_raw<W>(a, rc[i], rs[i], k0, kv, raw[buf][i]);
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (bits == 4) load_raw_fp4<W>(rc[i] + c * fst.cs, rs[i] + c * fst.ss, kv, raw[buf][i]);
+      else load_raw<W>(a, rc[i], rs[i], k0, kv, raw[buf][i]);
+    }
 #pragma unroll
     for (int j = 0; j < NT; ++j) load_b<SPLIT>(a, brow[j], k0, kv && bval[j], bw[buf][j]);
   };

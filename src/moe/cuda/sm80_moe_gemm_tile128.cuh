@@ -114,11 +114,14 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
   const bool row_ok = mt < M16;
   const int64_t wrow = int64_t(e) * a.N + (row_ok ? gemv::tile_row(mode, mt, tr % 16, I) : 0);
   constexpr int bits = gemm::WT<W>::bits;
-  const uint8_t* rc = a.codes + wrow * (bits == 16 ? int64_t(a.K) * 2 : a.row_bytes);
-  const uint8_t* rs = W == WKind::BF16 ? nullptr : a.scales + wrow * (a.K / gemm::WT<W>::block);
-  const float vllm_gs = (W == WKind::NVFP4 && a.vllm) ? a.w_gs[e] : 0.0f;
-  // FP4: the GEMV kernel's scale tables (same values as gemm::decode, a fifth of the instructions).
+  // FP4: the GEMV kernel's scale tables (same values as gemm::decode, a fifth of the instructions) and its
+  // weight streams (either layout: a 64-wide chunk is half of one of theirs, lane quarter 2 (wk % 2) + th).
   constexpr bool kLut = W == WKind::NVFP4 || W == WKind::MXFP4;
+  const wtiles::Stream ws = kLut ? gemv::weight_stream<W>(a, mode, e, row_ok ? mt : 0, tr % 16, th) : wtiles::Stream{};
+  const wtiles::Strides wst = wtiles::strides(a.w_tiles, gemm::WT<W>::block);
+  const uint8_t* rc = kLut ? ws.c : a.codes + wrow * (bits == 16 ? int64_t(a.K) * 2 : a.row_bytes);
+  const uint8_t* rs = kLut ? ws.s : W == WKind::BF16 ? nullptr : a.scales + wrow * (a.K / gemm::WT<W>::block);
+  const float vllm_gs = (W == WKind::NVFP4 && a.vllm) ? a.w_gs[e] : 0.0f;
   const uint4* lut = reinterpret_cast<const uint4*>(smem + kLutOffset);
   if constexpr (kLut) gemv::build_luts<W>(reinterpret_cast<uint4*>(smem + kLutOffset), a, e);
   std::conditional_t<kLut, gemv::Raw, Raw<W>> raw;
@@ -128,9 +131,14 @@ __global__ void __launch_bounds__(kThreads, 2) tile128_kernel(const GemmArgs a) 
   int wk = 0, bk = 0, bt = 0;  // chunk of the next weight load; chunk and plane of the next B load
   auto load_w = [&]() {
     const int64_t k0 = int64_t(wk) * kKc + 32 * th;
+    if constexpr (kLut) {
+      const int h = wk & 1, c = wk >> 1;
+      gemv::load_raw<W>(rc + c * wst.cs + 32 * h, rs + c * wst.ss + 2 * h * wtiles::scale_bytes(gemm::WT<W>::block),
+                        row_ok && k0 < a.K, raw);
+    } else {
+      gemm::load_raw<W>(a, rc, rs, k0, row_ok && k0 < a.K, raw);
+    }
     if (++wk == nch) wk = 0;
-    if constexpr (kLut) gemv::load_raw<W>(rc, rs, k0, row_ok && k0 < a.K, raw);
-    else gemm::load_raw<W>(a, rc, rs, k0, row_ok && k0 < a.K, raw);
   };
   // Units 4 th + u of row tr: swz(tr, 4 th + u) == swz(tr, 4 th) ^ (u << 4) (u < 4 flips only the unit's
   // low two bits), one value kept instead of rebuilding the swizzle from tid per chunk.

@@ -11,6 +11,7 @@
 //  - Activations (bf16) in shared memory in the thread-fragment order (conflict-free 16-byte reads), see
 //    frag_offset; products on bf16 mma.sync m16n8k16 with the tiled kernel's K permutation.
 #pragma once
+#include "moe/cuda/fp4_weight_tiles.hpp"
 #include "moe/cuda/sm80_moe_gemm.cuh"
 
 namespace mxmoe::moe::cuda::gemv {
@@ -44,15 +45,16 @@ __device__ __forceinline__ uint4 ldg_stream(const void* p) {
   return v;
 }
 
+// cp / sp: the 16 code bytes and the scale bytes of one lane's 32 elements (wtiles::Stream, either layout).
 template <WKind W>
-__device__ __forceinline__ void load_raw(const uint8_t* codes, const uint8_t* scales, int64_t k0, bool valid, Raw& r) {
+__device__ __forceinline__ void load_raw(const uint8_t* cp, const uint8_t* sp, bool valid, Raw& r) {
   if (!valid) {
     r.c = make_uint4(0, 0, 0, 0), r.s = 0;
     return;
   }
-  r.c = ldg_stream(codes + k0 / 2);
-  if constexpr (W == WKind::NVFP4) r.s = __ldg(reinterpret_cast<const uint16_t*>(scales + k0 / 16));
-  else r.s = __ldg(scales + k0 / 32);
+  r.c = ldg_stream(cp);
+  if constexpr (W == WKind::NVFP4) r.s = __ldg(reinterpret_cast<const uint16_t*>(sp));
+  else r.s = __ldg(sp);
 }
 
 // The 16-byte table of one scale multiplier m: bf16(v * m) for v = 0, .5, 1, 1.5, 2, 3, 4, 6; words
@@ -99,17 +101,15 @@ __device__ __forceinline__ void decode_raw(const Raw& r, const uint4* lut, uint3
   decode8(r.c.z, L1, out + 8), decode8(r.c.w, L1, out + 12);
 }
 
-// Row of local row r (0..15) of m-tile mt: plain, gated halves (gate rows [0, I), up rows [I, 2I)) or
-// gpt-oss interleaved (gate 2u, up 2u + 1). Gated m-tiles: rows g / g + 8 are the gate / up rows of
-// output column 8 * mt + g.
-__device__ __forceinline__ int tile_row(int mode, int mt, int r, int I) {
-  if (mode == 0) return 16 * mt + r;
-  const int u = 8 * mt + (r & 7);
-  return mode == 1 ? (r < 8 ? u : I + u) : 2 * u + (r >> 3);
-}
+// Rows of an m-tile and the row modes: fp4_weight_tiles.hpp.
+using wtiles::tile_row;
+__device__ __forceinline__ int row_mode(const GemmArgs& a, bool gated) { return wtiles::row_mode(gated, a.act); }
 
-// 0 plain, 1 gated halves, 2 gpt-oss interleaved (see tile_row).
-__device__ __forceinline__ int row_mode(const GemmArgs& a, bool gated) { return gated ? (a.act == 3 ? 2 : 1) : 0; }
+// Where lane quarter t of local row r of m-tile mt of expert e reads its FP4 weights (either layout).
+template <WKind W>
+__device__ __forceinline__ wtiles::Stream weight_stream(const GemmArgs& a, int mode, int e, int mt, int r, int t) {
+  return wtiles::stream(a.codes, a.scales, a.w_tiles, WT<W>::block, a.N, a.K, mode, e, mt, r, t);
+}
 
 // One warp's weight stream over the K chunks kg, kg + ksplit, ... of 16-row m-tiles, kDepth chunks in
 // flight in registers (~37 KB per SM in the fused kernel's 8 warps, ~74 KB in the GEMV's 16); an L2
@@ -129,23 +129,24 @@ struct WeightStream {
   const uint8_t* rc[2];
   const uint8_t* rsc[2];
   Raw buf[kDepth][2];
+  int64_t cs, ss;  // bytes per chunk of the codes and scales (wtiles::strides)
   int kg, ksplit, nch, K, ahead;
   bool ok;  // the aimed m-tile exists
 
   __device__ __forceinline__ void init(const GemmArgs& a, int kg_, int ksplit_) {
     kg = kg_, ksplit = ksplit_, K = a.K, nch = (a.K + 127) / 128, ahead = a.l2_ahead;
+    const wtiles::Strides st = wtiles::strides(a.w_tiles, WT<W>::block);
+    cs = st.cs, ss = st.ss;
   }
 
   // Points the loads at m-tile mt of expert e (mt_ok false: loads of zeros).
   __device__ __forceinline__ void aim(const GemmArgs& a, int e, int mode, int mt, bool mt_ok) {
-    const int g = (threadIdx.x & 31) >> 2;
-    const int64_t nbk = a.K / WT<W>::block;
+    const int lane = threadIdx.x & 31;
     ok = mt_ok;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int64_t row = int64_t(e) * a.N + (mt_ok ? tile_row(mode, mt, g + 8 * h, a.N / 2) : 0);
-      rc[h] = a.codes + row * a.row_bytes;
-      rsc[h] = a.scales + row * nbk;
+      const wtiles::Stream p = weight_stream<W>(a, mode, e, mt_ok ? mt : 0, (lane >> 2) + 8 * h, lane & 3);
+      rc[h] = p.c, rsc[h] = p.s;
     }
   }
 
@@ -154,13 +155,13 @@ struct WeightStream {
   template <bool kPrefetch>
   __device__ __forceinline__ void load(int d, int c) {
     const int t = threadIdx.x & 3;
-    const int64_t k0 = int64_t(c) * 128 + 32 * t;
+    const bool v = ok && c < nch && int64_t(c) * 128 + 32 * t < K;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) load_raw<W>(rc[h], rsc[h], k0, ok && c < nch && k0 < K, buf[d][h]);
-    const int cp = c + ahead * ksplit;  // the 64 code bytes of chunk cp of rows g, g + 8
+    for (int h = 0; h < 2; ++h) load_raw<W>(rc[h] + c * cs, rsc[h] + c * ss, v, buf[d][h]);
+    const int cp = c + ahead * ksplit;  // the code bytes of chunk cp of rows g, g + 8 (lane quarter 0)
     if (kPrefetch && ahead > 0 && t == 0 && ok && cp < nch)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) asm volatile("prefetch.global.L2 [%0];" ::"l"(rc[h] + int64_t(cp) * 64));
+      for (int h = 0; h < 2; ++h) asm volatile("prefetch.global.L2 [%0];" ::"l"(rc[h] + cp * cs));
   }
 
   // This lane's part of chunk c lies inside K. mma.sync is warp-wide: lanes past K (last chunk when
