@@ -3,7 +3,8 @@
 # returns at most 8 files, and a call cut short keeps what ran): the weight-stream probe
 # (probe_weight_stream.cu), bench runs under each env setting in BENCH_ENVS, tile128's stall reasons at
 # T = 4096, the SASS opcode histograms of the GEMV and tile128 kernels, and per-kernel durations at TOKENS
-# (profile.sh); TEST_FILTER: those CUDA tests in quick mode after the bench. A stage starts only while less than STOP_AFTER seconds (default 420) have passed.
+# (profile.sh); TEST_FILTER: those CUDA tests in quick mode after the bench. A stage starts only while
+# less than STOP_AFTER seconds (default 420) have passed.
 #   run: BENCH_ENVS="base MXMOE_CUDA_X=0 base" bash scripts/device/diag.sh   (carry: [".devdeps"])
 set -uo pipefail
 cd "$(dirname "$0")/../.."

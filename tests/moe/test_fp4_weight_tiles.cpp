@@ -61,8 +61,10 @@ TEST(Fp4WeightTiles, PackPutsEveryByteWhereTheStreamsRead) {
       for (int mt = 0; mt < int(sh.N / 16); ++mt)
         for (int r = 0; r < 16; ++r)
           for (int t = 0; t < 4; ++t) {
-            const wt::Stream a = wt::stream(codes.data(), scales.data(), false, sh.block, sh.N, sh.K, sh.mode, e, mt, r, t);
-            const wt::Stream b = wt::stream(tc.data(), ts.data(), true, sh.block, sh.N, sh.K, sh.mode, e, mt, r, t);
+            const auto at = [&](const std::vector<uint8_t>& c, const std::vector<uint8_t>& s, bool tiles) {
+              return wt::stream(c.data(), s.data(), tiles, sh.block, sh.N, sh.K, sh.mode, e, mt, r, t);
+            };
+            const wt::Stream a = at(codes, scales, false), b = at(tc, ts, true);
             for (int64_t c = 0; c < wt::chunks(sh.K); ++c) {
               const int64_t k0 = 128 * c + 32 * t;
               if (k0 >= sh.K) continue;

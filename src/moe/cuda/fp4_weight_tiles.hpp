@@ -75,8 +75,8 @@ MXMOE_HD Strides strides(bool tiles, int block) {
 }
 
 // codes / scales: the projection's arrays; N x K per expert, row_bytes = K / 2, mode: its row mode.
-MXMOE_HD Stream stream(const uint8_t* codes, const uint8_t* scales, bool tiles, int block, int64_t N, int64_t K, int mode,
-                       int e, int mt, int r, int t) {
+MXMOE_HD Stream stream(const uint8_t* codes, const uint8_t* scales, bool tiles, int block, int64_t N, int64_t K,
+                       int mode, int e, int mt, int r, int t) {
   const int sb = scale_bytes(block);
   if (tiles) {
     const int64_t b0 = (int64_t(e) * mtiles(N) + mt) * chunks(K);
@@ -104,8 +104,9 @@ inline void pack(const uint8_t* codes, const uint8_t* scales, int64_t E, int64_t
             const int64_t k0 = kChunk * c + 32 * t;
             if (k0 >= K) break;
             const int64_t b = (e * M16 + mt) * nch + c, n = (K - k0 < 32 ? K - k0 : 32);
-            std::memcpy(&tc[size_t(b * kBlockBytes + 16 * slot(r, t))], codes + (e * N + row) * rb + k0 / 2, size_t(n / 2));
-            std::memcpy(&ts[size_t((b * kSlots + slot(r, t)) * sb)], scales + (e * N + row) * nb + k0 / block,
+            const int s = slot(r, t);
+            std::memcpy(&tc[size_t(b * kBlockBytes + 16 * s)], codes + (e * N + row) * rb + k0 / 2, size_t(n / 2));
+            std::memcpy(&ts[size_t((b * kSlots + s) * sb)], scales + (e * N + row) * nb + k0 / block,
                         size_t(n / block));
           }
       }
