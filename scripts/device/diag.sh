@@ -14,7 +14,7 @@ rm -rf "$OUT" && mkdir -p "$OUT" "$FINAL"
 pack() { tar czf "$FINAL/diag.tgz" -C "$OUT" .; }
 more() { [ "$SECONDS" -lt "${STOP_AFTER:-420}" ] || { echo "== skipped from here: ${SECONDS}s"; exit 0; }; }
 export PATH=/usr/local/cuda/bin:$PATH
-nvcc -O3 -std=c++17 -arch=sm_90a scripts/device/probe_weight_stream.cu -o /tmp/probe_ws && /tmp/probe_ws > "$OUT/probe.txt" 2>&1
+nvcc -O3 -std=c++20 -arch=sm_90a -Isrc -Iinclude scripts/device/probe_weight_stream.cu -o /tmp/probe_ws && /tmp/probe_ws > "$OUT/probe.txt" 2>&1
 pack; cat "$OUT/probe.txt"
 source scripts/device/build_env.sh build.log
 for envs in ${BENCH_ENVS:-base}; do

@@ -7,11 +7,14 @@
 //          after it), the warp reading 1 KB of codes per chunk in two 512-byte instructions.
 //   flat: one grid-stride pass of 16-byte loads over the codes and scales (the copy ceiling).
 // If `rows` streams well below `tiled` and `flat`, the GEMV and fused kernels are bound by their read
-// pattern, not by their decode. Build: nvcc -O3 -arch=sm_90a probe_weight_stream.cu -o probe
+// pattern, not by their decode. Build (repository root): nvcc -O3 -std=c++20 -arch=sm_90a -Isrc -Iinclude
+// scripts/device/probe_weight_stream.cu -o probe
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstdio>
+
+#include "moe/cuda/sm90_fp4_gemv.cuh"
 
 namespace {
 
@@ -19,13 +22,7 @@ constexpr int kE = 128, kN = 1536, kI = kN / 2, kRowB = 1024, kScaleB = 128, kCh
 constexpr int kMt = kN / 16, kGroups = kMt / 4;
 constexpr size_t kCodeBytes = size_t(kE) * kN * kRowB, kScaleBytes = size_t(kE) * kN * kScaleB;
 
-__device__ __forceinline__ uint4 ldg_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
+using mxmoe::moe::cuda::gemv::ldg_stream;  // the kernels' own streaming load
 
 struct Chunk {
   uint4 c[2];

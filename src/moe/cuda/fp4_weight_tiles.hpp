@@ -19,11 +19,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__CUDACC__)
-#define MXMOE_HD __host__ __device__ __forceinline__
-#else
-#define MXMOE_HD inline
-#endif
+#include "core/host_device.hpp"
 
 namespace mxmoe::moe::cuda::wtiles {
 

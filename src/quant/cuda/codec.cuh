@@ -15,15 +15,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/host_device.hpp"
 #include "mxmoe/dtype.hpp"
 #include "mxmoe/format.hpp"
 #include "mxmoe/scheme.hpp"
-
-#if defined(__CUDACC__)
-#define MXMOE_HD __host__ __device__ __forceinline__
-#else
-#define MXMOE_HD inline
-#endif
 
 namespace mxmoe::cuda::codec {
 
