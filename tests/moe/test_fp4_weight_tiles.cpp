@@ -47,8 +47,11 @@ TEST(Fp4WeightTiles, PackPutsEveryByteWhereTheStreamsRead) {
     std::vector<uint8_t> codes(size_t(E * sh.N * rb)), scales(size_t(E * sh.N * nb));
     for (uint8_t& b : codes) b = uint8_t(1 + rng() % 255);  // never 0, so the padding is what stays 0
     for (uint8_t& b : scales) b = uint8_t(1 + rng() % 255);
-    std::vector<uint8_t> tc, ts;
-    wt::pack(codes.data(), scales.data(), E, sh.N, sh.K, sh.block, sh.mode, tc, ts);
+    const int64_t cb = wt::expert_code_bytes(sh.N, sh.K), sbytes = wt::expert_scale_bytes(sh.N, sh.K, sh.block);
+    std::vector<uint8_t> tc(size_t(E * cb)), ts(size_t(E * sbytes));
+    for (int64_t e = 0; e < E; ++e)
+      wt::pack_expert(codes.data() + e * sh.N * rb, scales.data() + e * sh.N * nb, sh.N, sh.K, sh.block, sh.mode,
+                      tc.data() + e * cb, ts.data() + e * sbytes);
     const std::string what = "N " + std::to_string(sh.N) + " K " + std::to_string(sh.K) + " mode " +
                              std::to_string(sh.mode) + " block " + std::to_string(sh.block);
     const wt::Strides rs = wt::strides(false, sh.block), ts_ = wt::strides(true, sh.block);

@@ -127,21 +127,20 @@ struct DevProj {
     } else {
       const auto& st = traits(s.weight);
       row_bytes = packed_row_bytes(s.weight, K);
-      const int64_t nb = K / st.block;
-      std::vector<uint8_t> hc(E * size_t(N * row_bytes)), hs(E * size_t(N * nb));
+      tiles = k::gemv_weights(weight_kind(s)) && k::weight_tiles_enabled();
+      // Per expert: the row layout's bytes, or its m-tile blocks (fp4_weight_tiles.hpp).
+      const int64_t nb = K / st.block, cb = tiles ? k::wtiles::expert_code_bytes(N, K) : N * row_bytes,
+                    sbytes = tiles ? k::wtiles::expert_scale_bytes(N, K, st.block) : N * nb;
+      std::vector<uint8_t> hc(E * size_t(cb)), hs(E * size_t(sbytes));
       for (size_t e = 0; e < E; ++e) {
         const QuantizedTensor& q = *ws[e].packed;
-        std::memcpy(hc.data() + e * size_t(N * row_bytes), q.codes.data.data(), size_t(N * row_bytes));
-        std::memcpy(hs.data() + e * size_t(N * nb), q.scales.data.data(), size_t(N * nb));
+        uint8_t* dc = hc.data() + e * size_t(cb);
+        uint8_t* ds = hs.data() + e * size_t(sbytes);
+        if (tiles) k::wtiles::pack_expert(q.codes.data.data(), q.scales.data.data(), N, K, st.block, mode, dc, ds);
+        else std::memcpy(dc, q.codes.data.data(), size_t(cb)), std::memcpy(ds, q.scales.data.data(), size_t(sbytes));
         const float g = q.params.global_scale;
         wgs[e] = g;
         if (st.tensor_scale) ae[e] = 1.0f / g;
-      }
-      tiles = k::gemv_weights(weight_kind(s)) && k::weight_tiles_enabled();
-      if (tiles) {
-        std::vector<uint8_t> tc, ts;
-        k::wtiles::pack(hc.data(), hs.data(), int64_t(E), N, K, st.block, mode, tc, ts);
-        hc.swap(tc), hs.swap(ts);
       }
       codes.upload(hc.data(), hc.size());
       scales.upload(hs.data(), hs.size());

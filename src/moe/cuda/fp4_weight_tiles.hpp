@@ -17,7 +17,6 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 #include "core/host_device.hpp"
 
@@ -83,29 +82,41 @@ MXMOE_HD Stream stream(const uint8_t* codes, const uint8_t* scales, bool tiles, 
   return {codes + row * (K / 2) + 16 * t, scales + row * (K / block) + int64_t(t) * sb};
 }
 
-// Host: the tiled arrays of E experts from the row layout (codes [E][N][K / 2], scales [E][N][K / block]).
-inline void pack(const uint8_t* codes, const uint8_t* scales, int64_t E, int64_t N, int64_t K, int block, int mode,
-                 std::vector<uint8_t>& tc, std::vector<uint8_t>& ts) {
+// Host: one expert's bytes in the tiled layout, and its m-tile blocks from the row layout (codes
+// [N][K / 2], scales [N][K / block]) into tc / ts (its first block; zeroed by the caller: rows past N and
+// codes past K stay zero). Packing straight from each expert's tensors needs no row-layout staging copy.
+inline int64_t expert_code_bytes(int64_t N, int64_t K) { return mtiles(N) * chunks(K) * kBlockBytes; }
+inline int64_t expert_scale_bytes(int64_t N, int64_t K, int block) {
+  return mtiles(N) * chunks(K) * kSlots * scale_bytes(block);
+}
+inline void pack_expert(const uint8_t* codes, const uint8_t* scales, int64_t N, int64_t K, int block, int mode,
+                        uint8_t* tc, uint8_t* ts) {
   const int64_t M16 = mtiles(N), nch = chunks(K), rb = K / 2, nb = K / block;
   const int sb = scale_bytes(block);
-  tc.assign(size_t(E * M16 * nch * kBlockBytes), 0);
-  ts.assign(size_t(E * M16 * nch * kSlots * sb), 0);
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t mt = 0; mt < M16; ++mt)
-      for (int r = 0; r < 16; ++r) {
-        const int64_t row = tile_row(mode, int(mt), r, int(N / 2));
-        if (16 * mt + r >= N) continue;  // a partial last m-tile (mode 0 only: gated N is a multiple of 16)
-        for (int64_t c = 0; c < nch; ++c)
-          for (int t = 0; t < 4; ++t) {
-            const int64_t k0 = kChunk * c + 32 * t;
-            if (k0 >= K) break;
-            const int64_t b = (e * M16 + mt) * nch + c, n = (K - k0 < 32 ? K - k0 : 32);
-            const int s = slot(r, t);
-            std::memcpy(&tc[size_t(b * kBlockBytes + 16 * s)], codes + (e * N + row) * rb + k0 / 2, size_t(n / 2));
-            std::memcpy(&ts[size_t((b * kSlots + s) * sb)], scales + (e * N + row) * nb + k0 / block,
-                        size_t(n / block));
+  for (int64_t mt = 0; mt < M16; ++mt)
+    for (int r = 0; r < 16; ++r) {
+      if (16 * mt + r >= N) continue;  // a partial last m-tile (mode 0 only: gated N is a multiple of 16)
+      const int64_t row = tile_row(mode, int(mt), r, int(N / 2));
+      for (int64_t c = 0; c < nch; ++c)
+        for (int t = 0; t < 4; ++t) {
+          const int64_t k0 = kChunk * c + 32 * t;
+          if (k0 >= K) break;
+          const int64_t b = mt * nch + c, n = (K - k0 < 32 ? K - k0 : 32);
+          const int s = slot(r, t);
+          uint8_t* dc = tc + b * kBlockBytes + 16 * s;
+          uint8_t* ds = ts + (b * kSlots + s) * sb;
+          const uint8_t* sc = codes + row * rb + k0 / 2;
+          const uint8_t* ss = scales + row * nb + k0 / block;
+          if (n == 32) {  // whole slots: constant sizes, inlined copies
+            std::memcpy(dc, sc, 16);
+            if (sb == 2) std::memcpy(ds, ss, 2);
+            else *ds = *ss;
+          } else {
+            std::memcpy(dc, sc, size_t(n / 2));
+            std::memcpy(ds, ss, size_t(n / block));
           }
-      }
+        }
+    }
 }
 
 }  // namespace mxmoe::moe::cuda::wtiles
