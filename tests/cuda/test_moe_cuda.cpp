@@ -35,6 +35,8 @@ using namespace mxmoe::moe_test;
 namespace {
 
 const SyntheticShape kSmall{"small", 64, 32, 6, 2};
+// Many experts, K over several 128-chunks, K % 128 != 0 in both GEMMs (H 352, I 160).
+const SyntheticShape kWide{"wide", 352, 160, 32, 4};
 
 MoeLayer small_layer(const MoeScheme& s, uint32_t seed, bool static_scales, const SyntheticShape& sh = kSmall) {
   MoeLayer l = synthetic_layer(sh, s, seed);
@@ -132,7 +134,7 @@ TEST(CudaMoeDevice, ExpertsWithoutTokensAndCrowdedExperts) {
 // A wider layer (many experts, K over several 128-chunks, K % 128 != 0).
 TEST(CudaMoeDevice, WiderLayer) {
   SKIP_WITHOUT_DEVICE();
-  const SyntheticShape sh{"wide", 352, 160, 32, 4};
+  const SyntheticShape& sh = kWide;
   for (const char* sname : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_mxfp6_e2m3_a_mxfp6_e2m3"}) {
     const MoeLayer l = small_layer(parse_moe_scheme(sname), 5, false, sh);
     for (int64_t T : quick() ? std::vector<int64_t>{5} : std::vector<int64_t>{1, 64, 257}) {
@@ -210,13 +212,12 @@ TEST(CudaMoeDevice, PoisonDeterminismAndGraphCapture) {
 TEST(CudaMoeDevice, GemmPathsAgree) {
   SKIP_WITHOUT_DEVICE();
   using mxmoe::moe::cuda::GemmPath;
-  const SyntheticShape wide{"wide", 352, 160, 32, 4};
   // tile128 on wgmma where the GPU takes it (sm_90a), and again with mma.sync: the same bf16 tiles and k16
   // order, only the tensor cores' instruction differs.
   const char* names[] = {"tiled", "gemv", "tile128", "tile128-mma.sync"};
   for (const char* sname : {"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4", "w_nvfp4_a16", "w_mxfp4_a16", "w_mxfp4_a_fp8",
                             "w_mxfp6_e3m2_a_mxfp6_e3m2", "w_mxfp8_e4m3_a16"})
-    for (const SyntheticShape* sh : {&kSmall, &wide}) {
+    for (const SyntheticShape* sh : {&kSmall, &kWide}) {
       const MoeLayer l = small_layer(parse_moe_scheme(sname), 13, sh == &kSmall, *sh);
       for (int64_t T : quick() ? std::vector<int64_t>{5} : std::vector<int64_t>{1, 5, 64, 300}) {
         const Tensor x = test::random_tensor(DType::BF16, {T, sh->hidden}, uint32_t(31 + T));
@@ -256,20 +257,19 @@ TEST(CudaMoeDevice, GemmPathsAgree) {
 TEST(CudaMoeDevice, EpilogueQuantAndBf16OutputChangeNoBits) {
   SKIP_WITHOUT_DEVICE();
   using mxmoe::moe::cuda::GemmPath;
-  const SyntheticShape wide{"wide", 352, 160, 32, 4};
   struct Case {
     const char* scheme;
     bool static_scales;
     const SyntheticShape* shape;
     bool oai;
   };
-  std::vector<Case> cases{{"w_nvfp4_a_nvfp4", true, &kSmall, false},  {"w_nvfp4_a_nvfp4", true, &wide, false},
-                          {"w_nvfp4_a_nvfp4", false, &wide, false}, {"w_mxfp4_a_mxfp4", false, &wide, true},
-                          {"w_nvfp4_a16", false, &wide, false},     {"w_mxfp4_a_fp8", false, &kSmall, false}};
+  std::vector<Case> cases{{"w_nvfp4_a_nvfp4", true, &kSmall, false},  {"w_nvfp4_a_nvfp4", true, &kWide, false},
+                          {"w_nvfp4_a_nvfp4", false, &kWide, false}, {"w_mxfp4_a_mxfp4", false, &kWide, true},
+                          {"w_nvfp4_a16", false, &kWide, false},     {"w_mxfp4_a_fp8", false, &kSmall, false}};
   if (!quick())
-    cases.insert(cases.end(), {{"w_mxfp6_e2m3_a_mxfp6_e2m3", false, &wide, false},
+    cases.insert(cases.end(), {{"w_mxfp6_e2m3_a_mxfp6_e2m3", false, &kWide, false},
                                {"w_mxfp6_e3m2_a_mxfp6_e3m2", false, &kSmall, false},
-                               {"w_mxfp8_e4m3_a16", false, &wide, true}});
+                               {"w_mxfp8_e4m3_a16", false, &kWide, true}});
   for (const Case& cs : cases) {
     MoeLayer l = small_layer(parse_moe_scheme(cs.scheme), 17, cs.static_scales, *cs.shape);
     if (cs.oai) make_gpt_oss(l);
@@ -308,19 +308,18 @@ TEST(CudaMoeDevice, EpilogueQuantAndBf16OutputChangeNoBits) {
 TEST(CudaMoeDevice, WeightTilesChangeNoBits) {
   SKIP_WITHOUT_DEVICE();
   using mxmoe::moe::cuda::GemmPath;
-  const SyntheticShape wide{"wide", 352, 160, 32, 4};
   struct Case {
     const char* scheme;
     bool oai;
   };
   for (const Case& cs : {Case{"w_nvfp4_a_nvfp4", false}, Case{"w_mxfp4_a_mxfp4", true}, Case{"w_nvfp4_a16", false},
                          Case{"w_mxfp4_a16", true}}) {
-    MoeLayer l = small_layer(parse_moe_scheme(cs.scheme), 23, false, wide);
+    MoeLayer l = small_layer(parse_moe_scheme(cs.scheme), 23, false, kWide);
     if (cs.oai) make_gpt_oss(l);
     for (int64_t T : {int64_t(1), int64_t(5), int64_t(300)})
       for (int path = 0; path < 4; ++path) {  // auto, tiled, tile128, tile128 on mma.sync
         if (T == 1 && path != 0) continue;
-        const Tensor x = test::random_tensor(DType::BF16, {T, wide.hidden}, uint32_t(57 + T));
+        const Tensor x = test::random_tensor(DType::BF16, {T, kWide.hidden}, uint32_t(57 + T));
         for (Emulation e : {Emulation::VLLM, Emulation::Exact}) {
           const std::string what = std::string(cs.scheme) + (cs.oai ? " swigluoai" : "") + " " +
                                    std::string(emulation_name(e)) + " T=" + std::to_string(T) + " path " +
@@ -349,7 +348,7 @@ TEST(CudaMoeDevice, WeightTilesChangeNoBits) {
 TEST(CudaMoeDevice, FusedAndMultiKernelPathsAgree) {
   SKIP_WITHOUT_DEVICE();
   ForceFused on(true);
-  const std::vector<SyntheticShape> shapes{kSmall, {"wide", 352, 160, 32, 4}, {"e128", 256, 96, 128, 8},
+  const std::vector<SyntheticShape> shapes{kSmall, kWide, {"e128", 256, 96, 128, 8},
                                            {"e200", 128, 64, 200, 8}};
   const std::vector<const char*> schemes =
       quick() ? std::vector<const char*>{"w_nvfp4_a_nvfp4", "w_mxfp4_a_mxfp4"}
